@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates (first run) or reuses (later runs, seconds) the project environment in .venv/.
+# Sourced by tools/main.sh and tools/test.sh; safe to run on its own: `bash tools/env.sh`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+# Bump STACK when a pin changes: the stamp makes a second run skip every install.
+STACK="torch==2.13.0 mmengine==0.10.7 mmcv==2.1.0 mmdet==3.3.0 triton==3.9.0 openmim==0.3.9 r3"
+STAMP="$VENV/.mmdet_ghm_stack"
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STACK" ] && "$PY" -c "import mmdet_ghm" 2>/dev/null; then
+    return 0 2>/dev/null || exit 0
+fi
+
+echo "[env] setting up $VENV (the first time this builds mmcv 2.1.0 with ops: about 13 min on 2 cores)"
+[ -x "$PY" ] || python3 -m venv "$VENV"
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+pip_install --upgrade "pip>=24"
+# torch 2.13.0 is a CPU wheel on this machine's disk; any looser spec pulls a multi-GB CUDA build.
+pip_install torch==2.13.0
+# mmcv's setup.py imports pkg_resources (setuptools < 81); torch 2.13 wants setuptools >= 77.0.3.
+pip_install "setuptools>=77.0.3,<81" wheel ninja "numpy<2.5" packaging
+if ! "$PY" -c "import mmcv, mmcv.ops" 2>/dev/null; then
+    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip_install --no-build-isolation mmcv==2.1.0
+fi
+pip_install mmengine==0.10.7 mmdet==3.3.0 triton==3.9.0 pytest hypothesis
+# openmim (for `mim train`) drags in openxlab, which pins an old setuptools: install it without
+# that dependency chain, then the few packages `mim train` really needs.
+pip_install --no-deps openmim==0.3.9 model-index
+pip_install click colorama rich tabulate requests "pandas<3" "setuptools>=77.0.3,<81"
+pip_install --no-deps --no-build-isolation -e "$ROOT"
+"$PY" -c "import torch, mmcv, mmcv.ops, mmdet, mmengine, triton, mmdet_ghm; print('[env] torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmdet', mmdet.__version__, '| mmengine', mmengine.__version__, '| triton', triton.__version__)"
+echo "$STACK" > "$STAMP"
