@@ -27,7 +27,7 @@ fi
 pip_install mmengine==0.10.7 mmdet==3.3.0 triton==3.9.0 pytest hypothesis
 # openmim (for `mim train`) drags in openxlab, which pins an old setuptools: install it without
 # that dependency chain, then the few packages `mim train` really needs.
-pip_install --no-deps openmim==0.3.9 model-index
+pip_install --no-deps openmim==0.3.9 model-index ordered-set markdown
 pip_install click colorama rich tabulate requests "pandas<3" "setuptools>=77.0.3,<81"
 pip_install --no-deps --no-build-isolation -e "$ROOT"
 "$PY" -c "import torch, mmcv, mmcv.ops, mmdet, mmengine, triton, mmdet_ghm; print('[env] torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmdet', mmdet.__version__, '| mmengine', mmengine.__version__, '| triton', triton.__version__)"

@@ -1,0 +1,231 @@
+"""Side-by-side benchmark: mmdet_ghm's GHMC/GHMR vs mmdet's GHMC/GHMR vs plain losses.
+
+Forward + backward time (median over interleaved rounds) and extra peak memory of one
+forward + backward, at RetinaNet scale: 50k anchors x 80 classes (GHM-C: bins 30, momentum 0.75)
+and 50k x 4 box deltas (GHM-R: mu 0.02, bins 10, momentum 0.7). On CPU (2 threads by default)
+and, where a GPU is present, on CUDA (there with a fused focal loss as the reference too).
+
+    python benchmarks/bench_losses.py [--threads 2] [--rounds 15] [--device cpu|cuda|all]
+
+CPU memory is the growth of the process's peak RSS over one call, measured in a fresh
+subprocess per method with glibc's mmap threshold fixed, so large blocks go back to the OS
+when freed; CUDA memory is torch.cuda.max_memory_allocated over one call.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+N_ANCHORS, N_CLASSES = 50_000, 80
+
+
+def cls_inputs(device, n=N_ANCHORS, c=N_CLASSES, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # RetinaNet-like: logits around the prior bias (-4.6), ~1% positives, ~5% ignored anchors
+    pred = torch.randn(n, c, generator=gen) * 2.0 - 4.0
+    labels = torch.full((n,), c, dtype=torch.int64)
+    pos = torch.rand(n, generator=gen) < 0.01
+    labels[pos] = torch.randint(0, c, (int(pos.sum()),), generator=gen)
+    label_weight = (torch.rand(n, generator=gen) > 0.05).float()
+    onehot = torch.zeros(n, c)
+    onehot[pos.nonzero().squeeze(1), labels[pos]] = 1.0
+    return [t.to(device) for t in (pred, labels, label_weight, onehot)]
+
+
+def reg_inputs(device, n=N_ANCHORS, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randn(n, 4, generator=gen) * 0.1
+    target = torch.randn(n, 4, generator=gen) * 0.1
+    weight = (torch.rand(n, 1, generator=gen) < 0.3).float().expand(n, 4).contiguous()
+    return [t.to(device) for t in (pred, target, weight)]
+
+
+def focal_reference(device):
+    """A fused focal loss: mmcv's op where mmcv has its CUDA ops, else torch.compile."""
+    try:
+        from mmcv.ops import sigmoid_focal_loss
+        probe = torch.zeros(2, 3, device=device, requires_grad=True)
+        sigmoid_focal_loss(probe, torch.zeros(2, dtype=torch.long, device=device), 2.0, 0.25,
+                           None, 'mean').backward()
+        return 'focal (mmcv CUDA op)', lambda p, labels: sigmoid_focal_loss(
+            p, labels, 2.0, 0.25, None, 'mean')
+    except Exception:  # mmcv without CUDA ops (or without ops at all)
+        pass
+
+    def focal(p, target):
+        prob = p.sigmoid()
+        ce = F.binary_cross_entropy_with_logits(p, target, reduction='none')
+        p_t = prob * target + (1 - prob) * (1 - target)
+        loss = ce * (1 - p_t) ** 2.0
+        return ((0.25 * target + 0.75 * (1 - target)) * loss).mean()
+    return 'focal (torch.compile)', torch.compile(focal)
+
+
+def methods(device):
+    """name -> (kind, make_fn); make_fn() builds the loss and returns fn(pred) -> loss."""
+    from mmdet.models.losses.ghm_loss import GHMC as MMDetGHMC
+    from mmdet.models.losses.ghm_loss import GHMR as MMDetGHMR
+
+    from mmdet_ghm import GHMC, GHMR
+
+    def cls(make_loss, use_onehot=False):
+        def make():
+            pred, labels, lw, onehot = cls_inputs(device)
+            loss = make_loss()
+            if use_onehot:
+                return pred, lambda p: loss(p, onehot)
+            return pred, lambda p: loss(p, labels, lw)
+        return make
+
+    def reg(make_loss):
+        def make():
+            pred, target, weight = reg_inputs(device)
+            loss = make_loss()
+            return pred, lambda p: loss(p, target, weight)
+        return make
+
+    table = {
+        'GHMC mmdet_ghm': ('cls', cls(lambda: GHMC(bins=30, momentum=0.75).to(device))),
+        'GHMC mmdet': ('cls', cls(lambda: MMDetGHMC(bins=30, momentum=0.75).to(device))),
+        'BCE-with-logits': ('cls', cls(lambda: F.binary_cross_entropy_with_logits, True)),
+        'GHMR mmdet_ghm': ('reg', reg(lambda: GHMR(mu=0.02, bins=10, momentum=0.7).to(device))),
+        'GHMR mmdet': ('reg', reg(lambda: MMDetGHMR(mu=0.02, bins=10, momentum=0.7).to(device))),
+        'SmoothL1': ('reg', reg(lambda: lambda p, t, w: F.smooth_l1_loss(p * w, t * w,
+                                                                          beta=1.0 / 9))),
+    }
+    if device == 'cuda':
+        name, focal = focal_reference(device)
+        uses_labels = 'mmcv' in name
+
+        def make_focal():
+            pred, labels, _, onehot = cls_inputs(device)
+            return pred, lambda p: focal(p, labels if uses_labels else onehot)
+        table[name] = ('cls', make_focal)
+    return table
+
+
+def fwd_bwd(fn, pred):
+    p = pred.detach().requires_grad_()
+    fn(p).backward()
+    return p
+
+
+def sync(device):
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def time_all(device, rounds):
+    table = methods(device)
+    built = {name: make() for name, (_, make) in table.items()}
+    samples = {name: [] for name in table}
+    for name, (pred, fn) in built.items():  # warm-up (and compilation)
+        for _ in range(2):
+            fwd_bwd(fn, pred)
+    sync(device)
+    for _ in range(rounds):  # interleaved, so machine noise hits every method alike
+        for name, (pred, fn) in built.items():
+            sync(device)
+            start = time.perf_counter()
+            fwd_bwd(fn, pred)
+            sync(device)
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def peak_memory_cuda(name):
+    pred, fn = methods('cuda')[name][1]()
+    fwd_bwd(fn, pred)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    p = fwd_bwd(fn, pred)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    del p
+    return extra / 2**20
+
+
+def _status_kib(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def peak_memory_cpu_child(name):
+    """In a fresh process: peak RSS over one call minus RSS before it (after a warm-up call)."""
+    pred, fn = methods('cpu')[name][1]()
+    fwd_bwd(fn, pred)
+    with open('/proc/self/clear_refs', 'w') as f:  # resets the peak (VmHWM) to the current RSS
+        f.write('5')
+    before = _status_kib('VmRSS')
+    p = fwd_bwd(fn, pred)
+    peak = _status_kib('VmHWM')
+    del p
+    return (peak - before) / 1024
+
+
+def peak_memory_cpu(name, threads):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072', MALLOC_TRIM_THRESHOLD_='131072')
+    out = subprocess.run([sys.executable, __file__, '--memory-child', name, '--threads',
+                          str(threads)], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])['extra_mb']
+
+
+def report(device, times, memory):
+    rows = []
+    header = (f'| {device} | fwd+bwd ms | x plain loss | mmdet / this (time) | '
+              f'extra peak MiB | mmdet / this (memory) |')
+    rows.append(header)
+    rows.append('|' + '---|' * 6)
+    for kind, ours, ref, plain in (('cls', 'GHMC mmdet_ghm', 'GHMC mmdet', 'BCE-with-logits'),
+                                   ('reg', 'GHMR mmdet_ghm', 'GHMR mmdet', 'SmoothL1')):
+        for name in [n for n in times if methods_kind(n) == kind]:
+            t, m = times[name], memory[name]
+            speed = f'{times[ref] / t:.1f}x' if name != ref else ''
+            mem = f'{memory[ref] / m:.1f}x' if name != ref and m > 0 else ''
+            rows.append(f'| {name} | {t:.1f} | {t / times[plain]:.2f} | {speed} | {m:.1f} | '
+                        f'{mem} |')
+    return '\n'.join(rows)
+
+
+def methods_kind(name):
+    return 'reg' if name.startswith(('GHMR', 'SmoothL1')) else 'cls'
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--rounds', type=int, default=15)
+    parser.add_argument('--device', default='all', choices=['cpu', 'cuda', 'all'])
+    parser.add_argument('--memory-child', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        print(json.dumps({'extra_mb': peak_memory_cpu_child(args.memory_child)}))
+        return
+    devices = ['cpu', 'cuda'] if args.device == 'all' else [args.device]
+    devices = [d for d in devices if d == 'cpu' or torch.cuda.is_available()]
+    print(f'torch {torch.__version__}, {args.threads} CPU threads, {N_ANCHORS} anchors x '
+          f'{N_CLASSES} classes, median of {args.rounds} interleaved rounds')
+    for device in devices:
+        times = time_all(device, args.rounds)
+        if device == 'cuda':
+            memory = {name: peak_memory_cuda(name) for name in times}
+            print(f'GPU: {torch.cuda.get_device_name()}')
+        else:
+            memory = {name: peak_memory_cpu(name, args.threads) for name in times}
+        print(report(device, times, memory))
+        print()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,197 @@
+"""The gradient density shared by GHM-C and GHM-R.
+
+GHM (Li, Liu, Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019, arXiv:1811.05181) splits
+the gradient norm range [0, 1] into ``bins`` equal bins, counts the valid elements in each bin, and
+gives every element of bin ``b`` the weight ``tot / density[b] / n``, where ``n`` is the number of
+non-empty bins in this call. With ``momentum > 0`` the density is an exponential moving average of
+the counts, updated only for the bins that are non-empty in the call.
+
+Everything here reproduces mmdet 3.3.0's ``GHMC``/``GHMR`` bit for bit (float32 edges, the same
+rounding order for the EMA and the weights) while staying on the device: no ``.item()``, no host
+sync, no Python loop over bins. The per-element passes live in :mod:`mmdet_ghm.ops`; they only
+produce *slot* histograms and consume *slot* weight tables, laid out as::
+
+    slot 0           invalid element (label weight <= 0): weight 0, not counted
+    slot 1 .. bins   bin 0 .. bins-1
+    slot bins + 1    outside every bin (a NaN gradient norm): weight 0, not counted
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+def check_bins_momentum(bins, momentum) -> None:
+    """Raise ValueError unless ``bins`` is an int >= 1 and ``momentum`` a float in [0, 1)."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f'bins must be an int >= 1, got {bins!r}')
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
+            or not 0.0 <= momentum < 1.0:
+        raise ValueError(f'momentum must be a float in [0, 1), got {momentum!r}')
+
+
+def _bucketize_slots(g: Tensor, edges: Tensor) -> Tensor:
+    """The reference test ``edges[i] <= g < edges[i + 1]`` as slots (a binary search per element)."""
+    return torch.bucketize(g, edges, right=True).clamp_(max=edges.numel())
+
+
+def build_slot_tables(edges: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+    """Lookup tables that bin any float32 g >= 0 exactly like ``_bucketize_slots``, in 6 cheap ops.
+
+    The key of g is the top 16 bits of its float32 pattern (sign dropped): 2**16 consecutive floats,
+    at most 1/256 wide below 1, so with bins <= 256 a bucket holds at most one edge. ``slot[key]`` is
+    the slot of the bucket's first float and ``step[key]`` the bit pattern of the edge inside the
+    bucket (INT32_MAX if none): slot = slot[key] + (bits >= step[key]). Built from the reference
+    itself, so exact by construction; None when some bucket holds two edges (bins > 256).
+    """
+    edges = edges.detach().to('cpu', torch.float32)
+    keys = torch.arange(1 << 15, dtype=torch.int32) << 16
+    first = _bucketize_slots(keys.view(torch.float32), edges)
+    last = _bucketize_slots((keys | 0xFFFF).view(torch.float32), edges)
+    if (last - first > 1).any():
+        return None
+    step = edges.view(torch.int32)[first.clamp(max=edges.numel() - 1)]
+    step = torch.where(last > first, step, torch.iinfo(torch.int32).max)
+    dtype = torch.uint8 if edges.numel() + 1 <= 255 else torch.int32
+    return first.to(dtype), step
+
+
+def slot_index(g: Tensor, edges: Tensor, valid: Optional[Tensor] = None,
+               tables: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
+    """Slot of each gradient norm ``g`` >= 0 (see the module docstring), bit-exact with mmdet's
+    ``edges[i] <= g < edges[i + 1]`` on the float32 edges (``floor(g * bins)`` is not, for a few
+    values on a boundary). NaN goes to the last slot; ``valid`` (any shape that broadcasts to g)
+    False to slot 0. ``tables`` from :func:`build_slot_tables` make it fast; without them (or for
+    bins > 256) it is a binary search. Returns uint8 slots when bins <= 253, else int64/int32.
+    """
+    g = g.to(torch.float32)
+    if tables is None:
+        slots = _bucketize_slots(g, edges)
+    else:
+        slot_table, step_table = tables
+        bits = g.contiguous().view(torch.int32)
+        keys = ((bits >> 16) & 0x7FFF).view(-1)
+        slots = slot_table.index_select(0, keys).view(g.shape)
+        slots += bits >= step_table.index_select(0, keys).view(g.shape)
+    if valid is not None:
+        slots.masked_fill_(~valid, 0)
+    return slots
+
+
+class GradientDensity(nn.Module):
+    """Histogram of gradient norms, its EMA over calls, and the per-bin GHM weights.
+
+    Args:
+        bins: number of equal bins over [0, 1].
+        momentum: EMA momentum in [0, 1); 0 uses this call's counts alone.
+        last_edge: upper edge of the last bin (mmdet: ``1 + 1e-6`` for GHM-C, so that a saturated
+            sigmoid with g == 1 is counted, and ``1e3`` for GHM-R).
+
+    Buffers (both persistent whatever the momentum, so checkpoint keys never depend on it):
+        edges: float32 ``(bins + 1,)``, ``arange(bins + 1) / bins`` with the last edge replaced.
+        acc_sum: float32 ``(bins,)``, the EMA of the counts (stays 0 when momentum is 0).
+    """
+
+    def __init__(self, bins: int = 10, momentum: float = 0.0, last_edge: float = 1.0 + 1e-6):
+        super().__init__()
+        check_bins_momentum(bins, momentum)
+        self.bins = bins
+        self.momentum = float(momentum)
+        edges = torch.arange(bins + 1).float() / bins
+        edges[-1] = last_edge
+        self.register_buffer('edges', edges)
+        self.register_buffer('acc_sum', torch.zeros(bins))
+        self._set_slot_tables()
+
+    def _set_slot_tables(self) -> None:
+        # derived from the edges, so not saved; buffers so that they follow .to(device)
+        tables = build_slot_tables(self.edges)
+        for name, table in zip(('slot_table', 'step_table'), tables or (None, None)):
+            self.register_buffer(name, None if table is None else table.to(self.edges.device),
+                                 persistent=False)
+
+    @property
+    def slot_tables(self) -> Optional[Tuple[Tensor, Tensor]]:
+        return None if self.slot_table is None else (self.slot_table, self.step_table)
+
+    def slot_index(self, g: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+        """Slots of gradient norms g >= 0 (see :func:`slot_index`)."""
+        return slot_index(g, self.edges, valid, self.slot_tables)
+
+    @property
+    def num_slots(self) -> int:
+        return self.bins + 2
+
+    @property
+    def slot_dtype(self) -> torch.dtype:
+        """dtype of :meth:`slot_index`'s result (uint8 up to 253 bins)."""
+        return torch.int64 if self.slot_table is None else self.slot_table.dtype
+
+    def extra_repr(self) -> str:
+        return f'bins={self.bins}, momentum={self.momentum}'
+
+    def count(self, slots: Tensor) -> Tensor:
+        """int64 histogram of slot indices, ``(bins + 2,)``."""
+        return torch.bincount(slots.reshape(-1), minlength=self.num_slots)
+
+    @torch.no_grad()
+    def update(self, slot_counts: Tensor, tot: Tensor, skip: Optional[Tensor] = None) -> Tensor:
+        """Advance the EMA with this call's counts and return the slot weight table.
+
+        Args:
+            slot_counts: integer ``(bins + 2,)`` histogram of slots.
+            tot: 0-dim float32, the normalizer (already clamped to >= 1).
+            skip: optional 0-dim bool tensor; where True the EMA state is left as it was (a call
+                with bad input must not poison the state), decided on the device without a sync.
+
+        Returns:
+            float32 ``(bins + 2,)``: ``tot / density / n`` for non-empty bins, 0 elsewhere.
+        """
+        counts = slot_counts[1:-1]
+        nonempty = counts > 0
+        num_nonempty = nonempty.sum().clamp_(min=1).to(torch.float32)
+        tot = tot.to(torch.float32)
+        if self.momentum > 0:
+            # mmdet: acc = m * acc + (1 - m) * count, the second term formed in double precision.
+            ema = self.acc_sum * self.momentum + ((1 - self.momentum) * counts.double()).float()
+            updated = nonempty if skip is None else nonempty & ~skip
+            self.acc_sum.copy_(torch.where(updated, ema, self.acc_sum))
+            # mmdet's `tot / acc` is Tensor.__rtruediv__, i.e. reciprocal(acc) * tot.
+            weights = self.acc_sum.reciprocal() * tot
+        else:
+            weights = (tot.double() / counts.double()).float()
+        weights = torch.where(nonempty, weights, torch.zeros_like(weights)) / num_nonempty
+        return nn.functional.pad(weights, (1, 1))
+
+    def forward(self, g: Tensor, valid: Optional[Tensor] = None,
+                tot: Optional[Tensor] = None) -> Tensor:
+        """Per-element float32 GHM weights for gradient norms ``g`` (any shape).
+
+        Args:
+            g: gradient norms in [0, 1], any shape and floating dtype.
+            valid: bool mask of ``g``'s shape (None: all valid); invalid elements weigh 0.
+            tot: normalizer (None: the number of valid elements); clamped to >= 1.
+
+        Updates the EMA state like one call of mmdet's loss does.
+        """
+        if not torch.is_floating_point(g):
+            raise ValueError(f'g must be a floating tensor of gradient norms, got {g.dtype}')
+        if valid is not None and valid.shape != g.shape:
+            raise ValueError(f'valid must have the shape of g {tuple(g.shape)}, '
+                             f'got {tuple(valid.shape)}')
+        g = g.detach().float()
+        valid = g >= 0 if valid is None else valid.bool() & (g >= 0)
+        slots = self.slot_index(g, valid)
+        slot_counts = self.count(slots)
+        if tot is None:
+            tot = (slots.numel() - slot_counts[0]).to(torch.float32)
+        tot = torch.as_tensor(tot, dtype=torch.float32, device=g.device).clamp(min=1.0)
+        return self.update(slot_counts, tot)[slots.long()]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint saved with momentum == 0 by mmdet has no acc_sum: keep our zeros.
+        state_dict.setdefault(prefix + 'acc_sum', self.acc_sum.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._set_slot_tables()
+
+

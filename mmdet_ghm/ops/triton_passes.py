@@ -1,0 +1,126 @@
+"""Launchers of the Triton kernels: same contract as :mod:`mmdet_ghm.ops.cpu_passes`.
+
+They pick block sizes, map the optional inputs to the kernels' constexpr modes and allocate the
+outputs; no host sync anywhere (counts and weights stay on the device).
+"""
+from typing import Optional
+
+import torch
+import triton
+from torch import Tensor
+
+from . import triton_kernels as K
+
+BLOCK = 1024
+NUM_WARPS = 4
+
+
+def _grid(numel: int):
+    return (max(1, triton.cdiv(numel, BLOCK)),)
+
+
+def _slots_p2(bins: int) -> int:
+    return triton.next_power_of_2(bins + 2)
+
+
+class ClassificationTriton:
+    """GHM-C passes; inputs as for ``ClassificationCPU``, made contiguous."""
+
+    def __init__(self, pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
+                 weight: Optional[Tensor], density):
+        self.pred = pred.contiguous()
+        self.labels = None if labels is None else labels.contiguous()
+        self.target = None if target is None else target.contiguous()
+        self.weight = None if weight is None else weight.contiguous()
+        self.edges = density.edges.contiguous()
+        self.bins = density.bins
+        self.numel, self.C = self.pred.numel(), self.pred.shape[-1]
+        if weight is None:
+            self.weight_mode = K.WEIGHT_NONE
+        else:
+            self.weight_mode = K.WEIGHT_ROW if weight.dim() == 1 else K.WEIGHT_ELEMENT
+
+    def _inputs(self):
+        # unused pointers get pred: the kernels never read them in that mode
+        return (self.pred,
+                self.pred if self.labels is None else self.labels,
+                self.pred if self.target is None else self.target,
+                self.pred if self.weight is None else self.weight)
+
+    def _modes(self):
+        return dict(BINS=self.bins, LABELS=self.labels is not None, WEIGHT=self.weight_mode,
+                    BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+    def histogram(self) -> Tensor:
+        counts = torch.zeros(self.bins + 2, dtype=torch.int64, device=self.pred.device)
+        K.ghmc_histogram_kernel[_grid(self.numel)](
+            *self._inputs(), self.edges, counts, self.numel, self.C,
+            SLOTS_P2=_slots_p2(self.bins), **self._modes())
+        return counts
+
+    def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool) -> Tensor:
+        grid = _grid(self.numel)
+        if elementwise:
+            out = torch.empty(self.pred.shape, dtype=torch.float32, device=self.pred.device)
+        else:
+            out = torch.empty(grid[0], dtype=torch.float32, device=self.pred.device)
+        K.ghmc_loss_kernel[grid](
+            *self._inputs(), self.edges, slot_weight, out, float(loss_weight), self.numel, self.C,
+            ELEMENTWISE=elementwise, **self._modes())
+        # per-program partials summed in a fixed order: bitwise reproducible
+        return out if elementwise else out.sum(dtype=torch.float64).float()
+
+    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
+        grad = torch.empty_like(self.pred)
+        go = self.pred if grad_out is None else grad_out.contiguous()
+        K.ghmc_grad_kernel[_grid(self.numel)](
+            *self._inputs(), self.edges, slot_scale, go, grad, float(loss_weight), self.numel,
+            self.C, ELEMENTWISE=grad_out is not None, **self._modes())
+        return grad
+
+
+class RegressionTriton:
+    """GHM-R passes; inputs as for ``RegressionCPU``, made contiguous."""
+
+    def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], density,
+                 mu: float):
+        self.pred, self.target = pred.contiguous(), target.contiguous()
+        self.weight = None if weight is None else weight.contiguous()
+        self.edges = density.edges.contiguous()
+        self.bins = density.bins
+        self.numel = self.pred.numel()
+        self.mu = float(mu)
+        self.mu_sq = float(torch.tensor(mu * mu, dtype=torch.float32))
+
+    def _inputs(self):
+        return self.pred, self.target, self.pred if self.weight is None else self.weight
+
+    def _modes(self):
+        return dict(BINS=self.bins, HAS_WEIGHT=self.weight is not None, BLOCK=BLOCK,
+                    num_warps=NUM_WARPS)
+
+    def histogram(self) -> Tensor:
+        counts = torch.zeros(self.bins + 2, dtype=torch.int64, device=self.pred.device)
+        K.ghmr_histogram_kernel[_grid(self.numel)](
+            *self._inputs(), self.edges, counts, self.mu_sq, self.numel,
+            SLOTS_P2=_slots_p2(self.bins), **self._modes())
+        return counts
+
+    def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool) -> Tensor:
+        grid = _grid(self.numel)
+        if elementwise:
+            out = torch.empty(self.pred.shape, dtype=torch.float32, device=self.pred.device)
+        else:
+            out = torch.empty(grid[0], dtype=torch.float32, device=self.pred.device)
+        K.ghmr_loss_kernel[grid](
+            *self._inputs(), self.edges, slot_weight, out, self.mu, self.mu_sq, float(loss_weight),
+            self.numel, ELEMENTWISE=elementwise, **self._modes())
+        return out if elementwise else out.sum(dtype=torch.float64).float()
+
+    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
+        grad = torch.empty_like(self.pred)
+        go = self.pred if grad_out is None else grad_out.contiguous()
+        K.ghmr_grad_kernel[_grid(self.numel)](
+            *self._inputs(), self.edges, slot_scale, go, grad, self.mu_sq, float(loss_weight),
+            self.numel, ELEMENTWISE=grad_out is not None, **self._modes())
+        return grad

@@ -1,0 +1,120 @@
+"""GradientDensity: exact binning, EMA and weights, state, bad arguments."""
+import numpy as np
+import pytest
+import torch
+
+from mmdet_ghm import GradientDensity
+from mmdet_ghm.density import slot_index
+
+
+def _reference_slots(g, edges):
+    """mmdet's test, edges[i] <= g < edges[i + 1], one bin at a time."""
+    bins = edges.numel() - 1
+    slots = torch.full(g.shape, bins + 1, dtype=torch.int64)
+    for i in range(bins):
+        slots[(g >= edges[i]) & (g < edges[i + 1])] = i + 1
+    return slots
+
+
+def _values_near_edges(edges, ulps=3):
+    vals = []
+    for e in edges.tolist():
+        v = np.float32(e)
+        for _ in range(ulps):
+            v = np.nextafter(v, np.float32(-1))
+        for _ in range(2 * ulps + 1):
+            vals.append(v)
+            v = np.nextafter(v, np.float32(2))
+    g = torch.tensor(np.array(vals, dtype=np.float32))
+    return g[(g >= 0) & (g <= 1)]
+
+
+@pytest.mark.parametrize('bins', list(range(1, 65)) + [100, 127, 255])
+@pytest.mark.parametrize('last_edge', [1.0 + 1e-6, 1e3])
+def test_slot_index_matches_mmdet_edges_bit_for_bit(bins, last_edge):
+    density = GradientDensity(bins, last_edge=last_edge)
+    g = torch.cat([_values_near_edges(density.edges), torch.rand(2000),
+                   torch.tensor([0.0, -0.0, 1.0, 1.5, 1e3, 2e3, float('inf'), float('nan')])])
+    reference = _reference_slots(g, density.edges)
+    assert torch.equal(density.slot_index(g).long(), reference)  # lookup tables
+    assert torch.equal(slot_index(g, density.edges), reference)  # binary search
+
+
+def test_slot_index_invalid_elements_go_to_slot_zero():
+    g = torch.rand(6, 5)
+    valid = torch.rand(6, 1) > 0.5
+    slots = GradientDensity(10).slot_index(g, valid)
+    assert slots.dtype == torch.uint8
+    assert (slots[~valid.expand_as(g)] == 0).all()
+    assert (slots[valid.expand_as(g)] > 0).all()
+
+
+def _reference_weights(g, valid, tot, acc, bins, momentum, edges):
+    """mmdet's loop, on float32 like mmdet."""
+    weights = torch.zeros_like(g)
+    n = 0
+    for i in range(bins):
+        inds = (g >= edges[i]) & (g < edges[i + 1]) & valid
+        num = inds.sum().item()
+        if num > 0:
+            if momentum > 0:
+                acc[i] = momentum * acc[i] + (1 - momentum) * num
+                weights[inds] = tot / acc[i]
+            else:
+                weights[inds] = tot / num
+            n += 1
+    if n > 0:
+        weights = weights / n
+    return weights
+
+
+@pytest.mark.parametrize('bins', [1, 7, 10, 30, 64])
+@pytest.mark.parametrize('momentum', [0.0, 0.7, 0.75])
+def test_forward_matches_mmdet_loop_over_calls(bins, momentum):
+    density = GradientDensity(bins, momentum)
+    acc = torch.zeros(bins)
+    for _ in range(12):
+        g = torch.rand(40, 7) ** 3
+        valid = torch.rand(40, 7) > 0.2
+        tot = max(valid.float().sum().item(), 1.0)
+        ref = _reference_weights(g, valid, tot, acc, bins, momentum, density.edges)
+        ours = density(g, valid)
+        assert ours.dtype == torch.float32
+        assert torch.equal(ours, ref)
+        assert torch.equal(density.acc_sum, acc)
+
+
+def test_empty_and_all_invalid_keep_state_and_give_zero_weights():
+    density = GradientDensity(10, 0.75)
+    density(torch.rand(100))
+    state = density.acc_sum.clone()
+    assert density(torch.rand(0)).numel() == 0
+    w = density(torch.rand(50), torch.zeros(50, dtype=torch.bool))
+    assert torch.equal(w, torch.zeros(50))
+    assert torch.equal(density.acc_sum, state)
+
+
+def test_state_is_persistent_whatever_the_momentum():
+    for momentum in (0.0, 0.75):
+        keys = set(GradientDensity(10, momentum).state_dict())
+        assert keys == {'edges', 'acc_sum'}
+
+
+@pytest.mark.parametrize('bins', [0, -1, 2.5, True, '10'])
+def test_bad_bins(bins):
+    with pytest.raises(ValueError, match='bins'):
+        GradientDensity(bins)
+
+
+@pytest.mark.parametrize('momentum', [-0.1, 1.0, 1.5, 'x', None])
+def test_bad_momentum(momentum):
+    with pytest.raises(ValueError, match='momentum'):
+        GradientDensity(10, momentum)
+
+
+def test_bad_g():
+    density = GradientDensity(10)
+    with pytest.raises(ValueError, match='g must'):
+        density(torch.ones(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match='valid'):
+        density(torch.rand(3), torch.ones(4, dtype=torch.bool))

@@ -1,0 +1,155 @@
+"""GHMC / GHMR beyond mmdet: optional weights, soft targets, 'sum', low precision, errors."""
+import pytest
+import torch
+
+from mmdet_ghm import GHMC, GHMR
+
+
+def _cls(n=60, c=7):
+    return torch.randn(n, c) * 3, torch.randint(0, c + 1, (n,))
+
+
+def test_label_weight_none_equals_all_ones():
+    pred, labels = _cls()
+    a, b = GHMC(30, 0.75), GHMC(30, 0.75)
+    assert torch.equal(a(pred, labels), b(pred, labels, torch.ones(60)))
+    assert torch.equal(a.density.acc_sum, b.density.acc_sum)
+    pred, target = torch.randn(20, 4), torch.randn(20, 4)
+    assert torch.equal(GHMR()(pred, target), GHMR()(pred, target, torch.ones(20, 4)))
+
+
+def test_integer_labels_equal_onehot_targets():
+    pred, labels = _cls()
+    onehot = torch.zeros(60, 7)
+    onehot[(labels < 7).nonzero().squeeze(1), labels[labels < 7]] = 1
+    w = (torch.rand(60) > 0.3).float()
+    pa, pb = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    a = GHMC(30)(pa, labels, w)
+    b = GHMC(30)(pb, onehot, w)  # (N,) weight broadcast over classes
+    a.backward(), b.backward()
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+    torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_soft_targets_use_g_equal_abs_sigmoid_minus_target():
+    pred, target = torch.randn(40, 5), torch.rand(40, 5)
+    loss_fn = GHMC(bins=10, reduction='none')
+    loss = loss_fn(pred, target)
+    g = (pred.sigmoid() - target).abs()
+    weights = torch.zeros_like(g)
+    edges = loss_fn.density.edges
+    n = 0
+    for i in range(10):
+        inds = (g >= edges[i]) & (g < edges[i + 1])
+        if inds.any():
+            weights[inds] = g.numel() / inds.sum().item()
+            n += 1
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(pred, target, reduction='none')
+    torch.testing.assert_close(loss, bce * weights / n)
+
+
+def test_reduction_sum_is_mean_times_normalizer():
+    pred, labels = _cls()
+    w = (torch.rand(60) > 0.5).float()
+    mean = GHMC(10)(pred, labels, w)
+    total = GHMC(10, reduction='sum')(pred, labels, w)
+    tot = w.sum() * 7
+    torch.testing.assert_close(total, mean * tot, rtol=1e-5, atol=0)
+    pred, target = torch.randn(30, 4), torch.randn(30, 4)
+    mean = GHMR()(pred, target, reduction_override='mean')
+    total = GHMR()(pred, target, reduction_override='sum')
+    torch.testing.assert_close(total, mean * 120, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_low_precision_pred_gives_the_float32_result(dtype):
+    pred, labels = _cls(500, 20)
+    pred = (pred * 5).to(dtype)  # big logits: tot / density overflows in float16
+    half, full = GHMC(30, 0.75), GHMC(30, 0.75)
+    ph, pf = pred.clone().requires_grad_(), pred.float().requires_grad_()
+    lh, lf = half(ph, labels), full(pf, labels)
+    lh.backward(), lf.backward()
+    assert lh.dtype == torch.float32 and ph.grad.dtype == dtype
+    assert torch.equal(lh, lf)
+    assert torch.equal(ph.grad, pf.grad.to(dtype))
+    assert torch.equal(half.density.acc_sum, full.density.acc_sum)
+    reg = (torch.randn(50, 4) * 0.05).to(dtype)
+    t = torch.zeros(50, 4)
+    assert torch.equal(GHMR()(reg, t), GHMR()(reg.float(), t))
+
+
+def test_fcos_style_call_without_label_weight():
+    pred, labels = _cls()
+    loss = GHMC(30, 0.75)(pred, labels, avg_factor=12.0)
+    assert loss.isfinite()
+
+
+def test_non_contiguous_and_expanded_inputs():
+    base = torch.randn(7, 60) * 3
+    pred = base.t()  # non-contiguous (60, 7)
+    labels = torch.randint(0, 8, (60,))
+    w = torch.ones(1).expand(60)
+    a = GHMC(30)(pred, labels, w)
+    b = GHMC(30)(pred.contiguous(), labels, torch.ones(60))
+    assert torch.equal(a, b)
+
+
+def test_repr_shows_settings():
+    text = repr(GHMC(bins=30, momentum=0.75, loss_weight=2.0))
+    assert 'bins=30' in text and 'momentum=0.75' in text and 'loss_weight=2.0' in text
+    assert 'mu=0.02' in repr(GHMR())
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(bins=0), 'bins'), (dict(bins=3.5), 'bins'), (dict(momentum=1.0), 'momentum'),
+    (dict(momentum=-0.5), 'momentum'), (dict(use_sigmoid=False), 'use_sigmoid=True'),
+    (dict(reduction='avg'), 'reduction'),
+])
+def test_ghmc_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GHMC(**kwargs)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(mu=0), 'mu'), (dict(mu=-1.0), 'mu'), (dict(bins=-2), 'bins'),
+    (dict(momentum=2), 'momentum'), (dict(reduction=None), 'reduction'),
+])
+def test_ghmr_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GHMR(**kwargs)
+
+
+def test_ghmc_bad_inputs():
+    loss = GHMC(10)
+    pred, labels = _cls(8, 3)
+    cases = [
+        ((pred.long(), labels), 'pred must be a floating-point'),
+        ((pred, labels[:5]), 'labels of shape'),
+        ((pred, labels + 5), r'labels must lie in \[0, 3\]'),
+        ((pred, labels - 10), r'labels must lie in \[0, 3\]'),
+        ((pred, torch.rand(8, 4)), 'float target must have the shape'),
+        ((pred, labels, torch.ones(7)), 'label_weight must have shape'),
+        ((pred, labels, torch.ones(8, 2)), 'label_weight must have shape'),
+        ((pred[0], labels), 'labels of shape'),
+        ((pred, [1, 2]), 'target must be a tensor'),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            loss(*args)
+    with pytest.raises(ValueError, match='reduction_override'):
+        loss(pred, labels, reduction_override='avg')
+    assert not loss.density.acc_sum.any()
+
+
+def test_ghmr_bad_inputs():
+    loss = GHMR()
+    pred = torch.randn(8, 4)
+    cases = [
+        ((pred.int(), pred), 'pred must be a floating-point'),
+        ((pred, pred.int()), 'target must be a floating-point'),
+        ((pred, pred[:, :2]), 'target must have the shape'),
+        ((pred, pred, torch.ones(8)), 'label_weight must have shape'),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            loss(*args)
