@@ -1,0 +1,23 @@
+# FCOS R50-caffe-FPN (GN head), COCO 1x, with GHM-C as the classification loss
+# (mmdet's fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py, focal loss replaced).
+# FCOSHead calls loss_cls(scores, labels, avg_factor=...) without label weights: every location is a
+# valid sample, which this package's GHMC accepts (mmdet's needs label_weight).
+# GHM-R does not apply: FCOS regresses decoded boxes with an IoU loss weighted by centerness
+# (loss_bbox(pred, target, weight=..., avg_factor=...)), not the anchor deltas GHM-R's ASL1 is made for.
+_base_ = 'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py'
+custom_imports = dict(imports=['mmdet_ghm'], allow_failed_imports=False)
+
+model = dict(
+    bbox_head=dict(
+        loss_cls=dict(
+            _delete_=True, type='GHMC', bins=30, momentum=0.75, use_sigmoid=True, loss_weight=1.0)))
+# The base already clips gradients at max_norm=35, as GHM wants.
+
+data_root = 'data/coco/'
+train_dataloader = dict(dataset=dict(type='CheckedCocoDataset', data_root=data_root))
+val_dataloader = dict(dataset=dict(type='CheckedCocoDataset', data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+
+custom_hooks = [dict(type='GHMCheckHook')]

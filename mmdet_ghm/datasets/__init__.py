@@ -1,0 +1,7 @@
+"""Datasets registered into ``mmdet.registry.DATASETS`` when ``mmdet_ghm`` is imported."""
+from .checked_coco import CheckedCocoDataset
+from .shapes_generator import SHAPE_CLASSES, ensure_split, generate_split
+from .synthetic_shapes import SyntheticShapesDataset
+
+__all__ = ['CheckedCocoDataset', 'SyntheticShapesDataset', 'SHAPE_CLASSES', 'ensure_split',
+           'generate_split']

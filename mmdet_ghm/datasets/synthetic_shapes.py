@@ -1,0 +1,47 @@
+"""``SyntheticShapesDataset``: the embedded COCO-format dataset, generated on first use."""
+import os.path as osp
+
+from mmdet.datasets import CocoDataset
+from mmdet.registry import DATASETS
+from mmengine.logging import print_log
+
+from .shapes_generator import DEFAULT_NUM_IMAGES, SHAPE_CLASSES, SHAPE_PALETTE, ensure_split
+
+
+@DATASETS.register_module()
+class SyntheticShapesDataset(CocoDataset):
+    """Five shape classes with GHM's imbalances (rare classes, small objects, clutter, occlusion,
+    easy negatives), generated deterministically into ``data_root`` the first time a split is used.
+
+    It is a :class:`~mmdet.datasets.CocoDataset` over ``<data_root>/annotations/instances_<split>.json``
+    and ``<data_root>/<split>/``, so mmdet's ``CocoMetric`` evaluates it from that annotation file.
+    A later run with the same (split, num_images, seed, image_size) reuses the files.
+
+    Args:
+        split (str): 'train', 'val' or 'test' (each split has its own seed stream).
+        num_images (int, optional): images in the split; default 2000 for train, 300 otherwise.
+        seed (int): base seed of the generator.
+        image_size (int): side of the square images, in pixels.
+        data_root (str): cache folder of the generated files.
+        **kwargs: the other :class:`~mmdet.datasets.CocoDataset` arguments (pipeline, test_mode,
+            filter_cfg, ...). ``ann_file`` and ``data_prefix`` follow from ``split``.
+    """
+
+    METAINFO = dict(classes=SHAPE_CLASSES, palette=SHAPE_PALETTE)
+
+    def __init__(self, split='train', num_images=None, seed=0, image_size=160,
+                 data_root='data/ghm_shapes/', **kwargs):
+        for derived in ('ann_file', 'data_prefix'):
+            if derived in kwargs:
+                raise ValueError(
+                    f'SyntheticShapesDataset sets `{derived}` from `split`; remove `{derived}` from '
+                    f'the dataset config and choose the split with split=\'train\'/\'val\'/\'test\'.')
+        if num_images is None:
+            num_images = DEFAULT_NUM_IMAGES.get(split, DEFAULT_NUM_IMAGES['val'])
+        self.split, self.num_images, self.seed, self.image_size = split, num_images, seed, image_size
+        ensure_split(data_root, split, num_images, seed, image_size,
+                     logger=lambda msg: print_log(msg, logger='current'))
+        super().__init__(data_root=data_root,
+                         ann_file=osp.join('annotations', f'instances_{split}.json'),
+                         data_prefix=dict(img=f'{split}/'),
+                         **kwargs)

@@ -1,0 +1,4 @@
+"""Runner-side helpers: configuration checks (registered hook ``GHMCheckHook``)."""
+from .checks import GHMCheckHook, check_detector, check_ghm_heads, check_num_classes
+
+__all__ = ['GHMCheckHook', 'check_detector', 'check_ghm_heads', 'check_num_classes']
