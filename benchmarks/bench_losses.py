@@ -7,16 +7,12 @@ and, where a GPU is present, on CUDA (there with a fused focal loss as the refer
 
     python benchmarks/bench_losses.py [--threads 2] [--rounds 15] [--device cpu|cuda|all]
 
-CPU memory is the growth of the process's peak RSS over one call, measured in a fresh
-subprocess per method with glibc's mmap threshold fixed, so large blocks go back to the OS
-when freed; CUDA memory is torch.cuda.max_memory_allocated over one call.
+Extra peak memory is the peak of live tensor bytes over one call above what was live before it:
+on CPU from the profiler's allocation/free events (RSS would measure malloc's arenas and caching
+instead), on CUDA torch.cuda.max_memory_allocated. The gradient itself counts for every method.
 """
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
@@ -152,32 +148,22 @@ def peak_memory_cuda(name):
     return extra / 2**20
 
 
-def _status_kib(field):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'{field} not in /proc/self/status')
-
-
-def peak_memory_cpu_child(name):
-    """In a fresh process: peak RSS over one call minus RSS before it (after a warm-up call)."""
+def peak_memory_cpu(name):
+    """Peak of live bytes from PyTorch's CPU allocator over one call (after a warm-up call),
+    from the profiler's raw allocation and free events, in order."""
+    from torch.profiler import ProfilerActivity, profile
     pred, fn = methods('cpu')[name][1]()
     fwd_bwd(fn, pred)
-    with open('/proc/self/clear_refs', 'w') as f:  # resets the peak (VmHWM) to the current RSS
-        f.write('5')
-    before = _status_kib('VmRSS')
-    p = fwd_bwd(fn, pred)
-    peak = _status_kib('VmHWM')
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        p = fwd_bwd(fn, pred)
     del p
-    return (peak - before) / 1024
-
-
-def peak_memory_cpu(name, threads):
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072', MALLOC_TRIM_THRESHOLD_='131072')
-    out = subprocess.run([sys.executable, __file__, '--memory-child', name, '--threads',
-                          str(threads)], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])['extra_mb']
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == '[memory]')
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def report(device, times, memory):
@@ -206,12 +192,8 @@ def main():
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--rounds', type=int, default=15)
     parser.add_argument('--device', default='all', choices=['cpu', 'cuda', 'all'])
-    parser.add_argument('--memory-child', help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.memory_child:
-        print(json.dumps({'extra_mb': peak_memory_cpu_child(args.memory_child)}))
-        return
     devices = ['cpu', 'cuda'] if args.device == 'all' else [args.device]
     devices = [d for d in devices if d == 'cpu' or torch.cuda.is_available()]
     print(f'torch {torch.__version__}, {args.threads} CPU threads, {N_ANCHORS} anchors x '
@@ -222,7 +204,7 @@ def main():
             memory = {name: peak_memory_cuda(name) for name in times}
             print(f'GPU: {torch.cuda.get_device_name()}')
         else:
-            memory = {name: peak_memory_cpu(name, args.threads) for name in times}
+            memory = {name: peak_memory_cpu(name) for name in times}
         print(report(device, times, memory))
         print()
 

@@ -57,21 +57,28 @@ def build_slot_tables(edges: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
 
 
 def slot_index(g: Tensor, edges: Tensor, valid: Optional[Tensor] = None,
-               tables: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
+               tables: Optional[Tuple[Tensor, Tensor]] = None,
+               out: Optional[Tensor] = None) -> Tensor:
     """Slot of each gradient norm ``g`` >= 0 (see the module docstring), bit-exact with mmdet's
     ``edges[i] <= g < edges[i + 1]`` on the float32 edges (``floor(g * bins)`` is not, for a few
     values on a boundary). NaN goes to the last slot; ``valid`` (any shape that broadcasts to g)
     False to slot 0. ``tables`` from :func:`build_slot_tables` make it fast; without them (or for
-    bins > 256) it is a binary search. Returns uint8 slots when bins <= 253, else int64/int32.
+    bins > 256) it is a binary search. Returns uint8 slots when bins <= 253, else int64/int32;
+    ``out``, with tables, receives them (it must be contiguous, of g's shape and the table's dtype).
     """
     g = g.to(torch.float32)
     if tables is None:
         slots = _bucketize_slots(g, edges)
+        if out is not None:
+            slots = out.copy_(slots)
     else:
         slot_table, step_table = tables
         bits = g.contiguous().view(torch.int32)
         keys = ((bits >> 16) & 0x7FFF).view(-1)
-        slots = slot_table.index_select(0, keys).view(g.shape)
+        if out is None:
+            slots = slot_table.index_select(0, keys).view(g.shape)
+        else:
+            slots = torch.index_select(slot_table, 0, keys, out=out.view(-1)).view(g.shape)
         slots += bits >= step_table.index_select(0, keys).view(g.shape)
     if valid is not None:
         slots.masked_fill_(~valid, 0)
@@ -114,9 +121,10 @@ class GradientDensity(nn.Module):
     def slot_tables(self) -> Optional[Tuple[Tensor, Tensor]]:
         return None if self.slot_table is None else (self.slot_table, self.step_table)
 
-    def slot_index(self, g: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    def slot_index(self, g: Tensor, valid: Optional[Tensor] = None,
+                   out: Optional[Tensor] = None) -> Tensor:
         """Slots of gradient norms g >= 0 (see :func:`slot_index`)."""
-        return slot_index(g, self.edges, valid, self.slot_tables)
+        return slot_index(g, self.edges, valid, self.slot_tables, out)
 
     @property
     def num_slots(self) -> int:

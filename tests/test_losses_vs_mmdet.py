@@ -55,6 +55,28 @@ def test_ghmc_matches_mmdet_over_successive_calls(bins, momentum, targets, reduc
             assert torch.equal(_state(ours), ref.acc_sum), step
 
 
+@pytest.mark.parametrize('threads', [1, 2])
+def test_ghmc_matches_mmdet_bit_for_bit_at_scale_on_threaded_chunks(threads):
+    """Many chunks on worker threads: gradient and state equal to mmdet's to the bit, except
+    where mmdet's own sigmoid rounds differently (its scalar tail at each thread's split, so
+    mmdet's bits change with the thread count: a few elements)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours, ref = GHMC(bins=30, momentum=0.75), MMDetGHMC(bins=30, momentum=0.75)
+        for _ in range(3):
+            pred, labels, label_weight = _cls_inputs(3001, 80, ignore=0.05)
+            pred = pred - 3.0
+            loss, grad = _run(ours, pred, labels, label_weight)
+            ref_loss, ref_grad = _run(ref, pred, labels, label_weight)
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=0)
+            assert (grad != ref_grad).sum() <= 16 * threads
+            assert torch.equal(_state(ours), ref.acc_sum)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize('bins', [1, 10, 30])
 @pytest.mark.parametrize('momentum', [0.0, 0.7])
 @pytest.mark.parametrize('reduction', ['mean', 'none'])

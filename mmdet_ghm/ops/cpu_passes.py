@@ -35,66 +35,62 @@ def _map_chunks(fn: Callable[[int, int], object], rows: int, cols: int) -> List[
     with _pool_lock:
         if _pool is None or _pool._max_workers < workers:
             _pool = ThreadPoolExecutor(workers, thread_name_prefix='mmdet_ghm')
-    per_worker = [chunks[i::workers] for i in range(workers)]
-    futures = [_pool.submit(lambda cs: [fn(*c) for c in cs], cs) for cs in per_worker]
+    def run(worker_chunks):
+        with torch.no_grad():  # grad mode is per thread: the workers' is on by default
+            return [fn(*c) for c in worker_chunks]
+    futures = [_pool.submit(run, chunks[i::workers]) for i in range(workers)]
     parts = [f.result() for f in futures]
     return [parts[i % workers][i // workers] for i in range(len(chunks))]
 
 
+def _vectorized(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """fn on a 1-D gather, padded to a multiple of 64 so every element takes the vectorized
+    kernel and gets the bits it got inside its chunk."""
+    padded = F.pad(x, (0, -x.numel() % 64))
+    return fn(padded)[:x.numel()]
+
+
 class ClassificationCPU:
     """GHM-C on an (M, C) problem: integer ``labels`` (M,) or float ``target`` (M, C);
-    ``weight`` None, per row (M,) or per element (M, C), valid where > 0."""
+    ``weight`` None, per row (M,) or per element (M, C), valid where > 0.
+
+    With integer labels the dense chunk passes treat every element as a negative (t = 0), and
+    the at most M positives are corrected afterwards in one sparse step: no one-hot target, no
+    per-chunk indexing.
+    """
 
     def __init__(self, pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
                  weight: Optional[Tensor], density):
         # row chunks of contiguous memory (a no-op for the usual, contiguous, inputs)
-        self.pred = pred.contiguous()
-        self.labels, self.target, self.weight = (
-            None if t is None else t.contiguous() for t in (labels, target, weight))
+        self.pred, self.labels, self.target, self.weight = (
+            None if t is None else t.detach().contiguous()
+            for t in (pred, labels, target, weight))
         self.density = density
         self.slots: Optional[Tensor] = None
         self.loss_sums: Optional[Tensor] = None
-
-    def _positives(self, r0: int, r1: int) -> Optional[Tuple[Tensor, Tensor]]:
-        if self.labels is None:
-            return None
-        lab = self.labels[r0:r1]
-        rows = (lab < self.pred.shape[1]).nonzero(as_tuple=True)[0]
-        return rows, lab[rows]
-
-    def _sigmoid_minus_target(self, r0: int, r1: int, x: Tensor) -> Tensor:
-        """sigmoid(x) - t of a chunk, as mmdet rounds it."""
-        s = torch.sigmoid(x)
-        if self.target is not None:
-            return s.sub_(self.target[r0:r1].float())
-        positives = self._positives(r0, r1)
-        s[positives] -= 1.0
-        return s
-
-    def _valid(self, r0: int, r1: int) -> Optional[Tensor]:
-        if self.weight is None:
-            return None
-        w = self.weight[r0:r1] > 0
-        return w[:, None] if w.dim() == 1 else w
+        self.positives: Optional[Tensor] = None  # flat indices of the label positions
+        # 0/1 in the slots' dtype: multiplying the slots sends invalid elements to slot 0
+        self.valid = None
+        if weight is not None:
+            valid = (self.weight > 0).to(density.slot_dtype)
+            self.valid = valid[:, None] if valid.dim() == 1 else valid
 
     def _histogram_chunk(self, r0: int, r1: int) -> Tuple[Tensor, Tensor]:
         x = self.pred[r0:r1].float()
         if self.target is None:
-            g = torch.sigmoid(x)  # |s - 0|; positives get |s - 1| = 1 - s
+            g = torch.sigmoid(x)  # |s - 0|; the positives are corrected afterwards
             bce = F.softplus(x)
-            positives = self._positives(r0, r1)
-            g[positives] = 1.0 - g[positives]
-            bce[positives] -= x[positives]
         else:
             t = self.target[r0:r1].float()
             g = (torch.sigmoid(x) - t).abs_()
             bce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
-        slots = self.density.slot_index(g, self._valid(r0, r1))
-        self.slots[r0:r1] = slots
+        slots = self.density.slot_index(g, out=self.slots[r0:r1])
+        if self.valid is not None:
+            slots.mul_(self.valid[r0:r1])
         flat = slots.view(-1)
         num_slots = self.density.num_slots
         return (torch.bincount(flat, minlength=num_slots),
-                torch.bincount(flat, weights=bce.view(-1), minlength=num_slots).double())
+                torch.bincount(flat, weights=bce.view(-1), minlength=num_slots))
 
     def histogram(self) -> Tensor:
         M, C = self.pred.shape
@@ -106,7 +102,29 @@ class ClassificationCPU:
         for chunk_counts, chunk_sums in parts:
             counts += chunk_counts
             self.loss_sums += chunk_sums
+        if self.labels is not None:
+            counts += self._correct_positives()
         return counts
+
+    def _correct_positives(self) -> Tensor:
+        """Move each positive from the slot of g = s to that of g = 1 - s (mmdet's |s - 1|) and its
+        loss from softplus(x) to softplus(x) - x; returns the change of the counts."""
+        M, C = self.pred.shape
+        rows = (self.labels < C).nonzero(as_tuple=True)[0]
+        self.positives = rows * C + self.labels[rows]
+        flat_slots = self.slots.view(-1)
+        old = flat_slots[self.positives]
+        x = self.pred.view(-1)[self.positives].float()
+        g = 1.0 - _vectorized(torch.sigmoid, x)
+        new = self.density.slot_index(g).mul_(old > 0)  # invalid stays invalid
+        flat_slots[self.positives] = new
+        num_slots = self.density.num_slots
+        softplus = _vectorized(F.softplus, x)
+        self.loss_sums -= torch.bincount(old, weights=softplus.double(), minlength=num_slots)
+        self.loss_sums += torch.bincount(new, weights=(softplus - x).double(),
+                                         minlength=num_slots)
+        return (torch.bincount(new, minlength=num_slots)
+                - torch.bincount(old, minlength=num_slots))
 
     def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool) -> Tensor:
         """Sum over elements of loss * weight (float32 0-dim), or the element-wise loss."""
@@ -118,7 +136,8 @@ class ClassificationCPU:
             x = self.pred[r0:r1].float()
             if self.target is None:
                 t = torch.zeros_like(x)
-                t[self._positives(r0, r1)] = 1.0
+                rows = (self.labels[r0:r1] < x.shape[1]).nonzero(as_tuple=True)[0]
+                t[rows, self.labels[r0:r1][rows]] = 1.0
             else:
                 t = self.target[r0:r1].float()
             bce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
@@ -130,53 +149,62 @@ class ClassificationCPU:
     def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
         """(sigmoid(x) - t) * scale[slot]; with ``grad_out`` (element-wise loss) the scale is
         (grad_out * loss_weight) * weight[slot], autograd's order in mmdet."""
-        grad = torch.empty_like(self.pred)
+        grad = torch.empty(self.pred.shape, dtype=torch.float32)
 
         def chunk(r0, r1):
-            diff = self._sigmoid_minus_target(r0, r1, self.pred[r0:r1].float())
+            diff = torch.sigmoid(self.pred[r0:r1].float(), out=grad[r0:r1])
+            if self.target is not None:
+                diff.sub_(self.target[r0:r1].float())
             scale = slot_scale.index_select(0, self.slots[r0:r1].view(-1).int())
             scale = scale.view(diff.shape)
             if grad_out is not None:
                 scale = (grad_out[r0:r1].float() * loss_weight) * scale
-            grad[r0:r1] = diff.mul_(scale)
+            diff.mul_(scale)
         _map_chunks(chunk, *self.pred.shape)
-        return grad
+        if self.positives is not None:  # s - 1 where the label is
+            x = self.pred.view(-1)[self.positives].float()
+            scale = slot_scale[self.slots.view(-1)[self.positives].long()]
+            if grad_out is not None:
+                scale = (grad_out.reshape(-1)[self.positives].float() * loss_weight) * scale
+            grad.view(-1)[self.positives] = (_vectorized(torch.sigmoid, x) - 1.0) * scale
+        return grad.to(self.pred.dtype)
 
 
 class RegressionCPU:
     """GHM-R (Authentic Smooth L1) on pred/target of any equal shape; ``weight`` None or the same
-    shape, valid where > 0. Regression inputs are small (N x 4): whole-tensor ops."""
+    shape, valid where > 0. Regression inputs are small (N x 4): whole-tensor ops, and the
+    difference and root are kept from the histogram pass for the other two."""
 
     def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], density,
                  mu: float):
-        self.pred, self.target, self.weight, self.density = pred, target, weight, density
-        self.mu = mu
+        self.pred, self.target = pred.detach(), target.detach()
+        self.weight = None if weight is None else weight.detach()
+        self.density, self.mu = density, mu
         # mmdet adds the Python double mu * mu to float32 tensors: it is rounded to float32 first.
         self.mu_sq = float(torch.tensor(mu * mu, dtype=torch.float32))
-        self.slots: Optional[Tensor] = None
-
-    def _diff(self) -> Tuple[Tensor, Tensor]:
-        d = self.pred.float() - self.target.float()
-        return d, torch.sqrt(d * d + self.mu_sq)
 
     def histogram(self) -> Tensor:
-        d, r = self._diff()
+        self.diff = self.pred.float() - self.target.float()
+        self.root = torch.sqrt(self.diff * self.diff + self.mu_sq)
         valid = None if self.weight is None else self.weight > 0
-        self.slots = self.density.slot_index((d / r).abs_(), valid).long()
+        self.slots = self.density.slot_index((self.diff / self.root).abs_(), valid).view(-1)
+        asl1 = (self.root - self.mu).view(-1)
+        self.loss_sums = torch.bincount(self.slots, weights=asl1.double(),
+                                        minlength=self.density.num_slots)
         return self.density.count(self.slots)
 
+    def _per_element(self, slot_table: Tensor) -> Tensor:
+        return slot_table.index_select(0, self.slots.int()).view(self.diff.shape)
+
     def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool) -> Tensor:
-        _, r = self._diff()
-        weighted = (r - self.mu) * slot_weight[self.slots]
-        if elementwise:
-            return weighted * loss_weight
-        return weighted.sum(dtype=torch.float64).float()
+        if not elementwise:
+            return (self.loss_sums * slot_weight.double()).sum().float()
+        return (self.root - self.mu) * self._per_element(slot_weight) * loss_weight
 
     def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
-        d, r = self._diff()
-        scale = slot_scale[self.slots]
+        scale = self._per_element(slot_scale)
         if grad_out is not None:
             scale = (grad_out.float() * loss_weight) * scale
         # autograd's order through sqrt(d * d + mu^2): (scale / (2 r)) * d, twice (from d * d).
-        half = (scale / (2 * r)) * d
+        half = (scale / (2 * self.root)) * self.diff
         return (half + half).to(self.pred.dtype)

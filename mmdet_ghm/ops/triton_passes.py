@@ -28,10 +28,9 @@ class ClassificationTriton:
 
     def __init__(self, pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
                  weight: Optional[Tensor], density):
-        self.pred = pred.contiguous()
-        self.labels = None if labels is None else labels.contiguous()
-        self.target = None if target is None else target.contiguous()
-        self.weight = None if weight is None else weight.contiguous()
+        self.pred, self.labels, self.target, self.weight = (
+            None if t is None else t.detach().contiguous()
+            for t in (pred, labels, target, weight))
         self.edges = density.edges.contiguous()
         self.bins = density.bins
         self.numel, self.C = self.pred.numel(), self.pred.shape[-1]
@@ -84,8 +83,8 @@ class RegressionTriton:
 
     def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], density,
                  mu: float):
-        self.pred, self.target = pred.contiguous(), target.contiguous()
-        self.weight = None if weight is None else weight.contiguous()
+        self.pred, self.target, self.weight = (
+            None if t is None else t.detach().contiguous() for t in (pred, target, weight))
         self.edges = density.edges.contiguous()
         self.bins = density.bins
         self.numel = self.pred.numel()
