@@ -18,6 +18,7 @@ produce *slot* histograms and consume *slot* weight tables, laid out as::
 from typing import Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -93,21 +94,32 @@ class GradientDensity(nn.Module):
         momentum: EMA momentum in [0, 1); 0 uses this call's counts alone.
         last_edge: upper edge of the last bin (mmdet: ``1 + 1e-6`` for GHM-C, so that a saturated
             sigmoid with g == 1 is counted, and ``1e3`` for GHM-R).
+        bias_correction: divide the EMA by ``1 - momentum ** k`` (k = the bin's updates so far),
+            as Adam does, so that the first weights are not inflated by ``1 / (1 - momentum)``.
+            Off by default: mmdet's numbers.
+        sync_across_ranks: all-reduce the counts and ``tot`` over the default process group
+            before the weights are formed, so that every rank uses the global density and keeps
+            the same state. Off by default: each rank keeps its own histogram, as in mmdet.
 
-    Buffers (both persistent whatever the momentum, so checkpoint keys never depend on it):
+    Buffers (persistent whatever the options, so checkpoint keys never depend on them):
         edges: float32 ``(bins + 1,)``, ``arange(bins + 1) / bins`` with the last edge replaced.
         acc_sum: float32 ``(bins,)``, the EMA of the counts (stays 0 when momentum is 0).
+        num_updates: float32 ``(bins,)``, how often each bin's EMA was updated.
     """
 
-    def __init__(self, bins: int = 10, momentum: float = 0.0, last_edge: float = 1.0 + 1e-6):
+    def __init__(self, bins: int = 10, momentum: float = 0.0, last_edge: float = 1.0 + 1e-6,
+                 bias_correction: bool = False, sync_across_ranks: bool = False):
         super().__init__()
         check_bins_momentum(bins, momentum)
         self.bins = bins
         self.momentum = float(momentum)
+        self.bias_correction = bool(bias_correction)
+        self.sync_across_ranks = bool(sync_across_ranks)
         edges = torch.arange(bins + 1).float() / bins
         edges[-1] = last_edge
         self.register_buffer('edges', edges)
         self.register_buffer('acc_sum', torch.zeros(bins))
+        self.register_buffer('num_updates', torch.zeros(bins))
         self._set_slot_tables()
 
     def _set_slot_tables(self) -> None:
@@ -136,7 +148,26 @@ class GradientDensity(nn.Module):
         return torch.int64 if self.slot_table is None else self.slot_table.dtype
 
     def extra_repr(self) -> str:
-        return f'bins={self.bins}, momentum={self.momentum}'
+        text = f'bins={self.bins}, momentum={self.momentum}'
+        if self.bias_correction:
+            text += ', bias_correction=True'
+        if self.sync_across_ranks:
+            text += ', sync_across_ranks=True'
+        return text
+
+    def synchronize(self, slot_counts: Tensor, tot: Tensor) -> Tuple[Tensor, Tensor, int]:
+        """With ``sync_across_ranks`` in a process group of several ranks: the counts and tot
+        summed over the ranks (one all-reduce, no host sync) and the number of ranks; else the
+        arguments and 1."""
+        if not (self.sync_across_ranks and dist.is_available() and dist.is_initialized()):
+            return slot_counts, tot, 1
+        world_size = dist.get_world_size()
+        if world_size == 1:
+            return slot_counts, tot, 1
+        # float64 holds the integer counts exactly (below 2 ** 53)
+        packed = torch.cat([slot_counts.double(), tot.double().reshape(1)])
+        dist.all_reduce(packed)
+        return packed[:-1].to(slot_counts.dtype), packed[-1].float(), world_size
 
     def count(self, slots: Tensor) -> Tensor:
         """int64 histogram of slot indices, ``(bins + 2,)``."""
@@ -164,8 +195,12 @@ class GradientDensity(nn.Module):
             ema = self.acc_sum * self.momentum + ((1 - self.momentum) * counts.double()).float()
             updated = nonempty if skip is None else nonempty & ~skip
             self.acc_sum.copy_(torch.where(updated, ema, self.acc_sum))
+            self.num_updates.add_(updated)
+            density = self.acc_sum
+            if self.bias_correction:
+                density = density / (1 - torch.pow(self.momentum, self.num_updates))
             # mmdet's `tot / acc` is Tensor.__rtruediv__, i.e. reciprocal(acc) * tot.
-            weights = self.acc_sum.reciprocal() * tot
+            weights = density.reciprocal() * tot
         else:
             weights = (tot.double() / counts.double()).float()
         weights = torch.where(nonempty, weights, torch.zeros_like(weights)) / num_nonempty
@@ -197,8 +232,9 @@ class GradientDensity(nn.Module):
         return self.update(slot_counts, tot)[slots.long()]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A checkpoint saved with momentum == 0 by mmdet has no acc_sum: keep our zeros.
-        state_dict.setdefault(prefix + 'acc_sum', self.acc_sum.detach().clone())
+        # mmdet's checkpoints have no num_updates, and no acc_sum when momentum == 0: keep ours.
+        for key in ('acc_sum', 'num_updates'):
+            state_dict.setdefault(prefix + key, getattr(self, key).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._set_slot_tables()
 

@@ -54,10 +54,11 @@ class _GHMLoss(nn.Module):
     """What GHM-C and GHM-R share: the density, loss_weight and reduction."""
 
     def __init__(self, bins: int, momentum: float, last_edge: float, loss_weight: float,
-                 reduction: str):
+                 reduction: str, bias_correction: bool, sync_across_ranks: bool):
         super().__init__()
         _check_reduction('reduction', reduction)
-        self.density = GradientDensity(bins, momentum, last_edge)
+        self.density = GradientDensity(bins, momentum, last_edge, bias_correction,
+                                       sync_across_ranks)
         self.loss_weight = float(loss_weight)
         self.reduction = reduction
 
@@ -100,16 +101,21 @@ class GHMC(_GHMLoss):
             the config to size their outputs.
         loss_weight: weight of the loss.
         reduction: 'none', 'mean' (sum / number of valid elements, as mmdet) or 'sum'.
+        bias_correction: Adam-style correction of the EMA's start (off: mmdet's numbers).
+        sync_across_ranks: use the density of all ranks' batches (off: each rank its own, as
+            mmdet); see :class:`~mmdet_ghm.density.GradientDensity`.
     """
 
     def __init__(self, bins: int = 10, momentum: float = 0, use_sigmoid: bool = True,
-                 loss_weight: float = 1.0, reduction: str = 'mean'):
+                 loss_weight: float = 1.0, reduction: str = 'mean',
+                 bias_correction: bool = False, sync_across_ranks: bool = False):
         if not use_sigmoid:
             raise ValueError(
                 f'GHMC needs use_sigmoid=True (it is a sigmoid BCE loss), got {use_sigmoid!r}: '
                 "set use_sigmoid=True in the loss_cls config")
         # 1 + 1e-6: a saturated sigmoid (g == 1) still falls in the last bin, as in mmdet.
-        super().__init__(bins, momentum, 1.0 + 1e-6, loss_weight, reduction)
+        super().__init__(bins, momentum, 1.0 + 1e-6, loss_weight, reduction, bias_correction,
+                         sync_across_ranks)
         self.use_sigmoid = True
 
     def forward(self, pred: Tensor, target: Tensor, label_weight: Optional[Tensor] = None,
@@ -185,13 +191,16 @@ class GHMR(_GHMLoss):
         momentum: EMA momentum of the density, in [0, 1).
         loss_weight: weight of the loss.
         reduction: 'none', 'mean' (sum / sum of label weights, as mmdet) or 'sum'.
+        bias_correction, sync_across_ranks: as for :class:`GHMC`.
     """
 
     def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0,
-                 loss_weight: float = 1.0, reduction: str = 'mean'):
+                 loss_weight: float = 1.0, reduction: str = 'mean',
+                 bias_correction: bool = False, sync_across_ranks: bool = False):
         if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not mu > 0:
             raise ValueError(f'mu must be a float > 0, got {mu!r}')
-        super().__init__(bins, momentum, 1e3, loss_weight, reduction)
+        super().__init__(bins, momentum, 1e3, loss_weight, reduction, bias_correction,
+                         sync_across_ranks)
         self.mu = float(mu)
 
     def extra_repr(self) -> str:

@@ -97,7 +97,7 @@ def test_empty_and_all_invalid_keep_state_and_give_zero_weights():
 def test_state_is_persistent_whatever_the_momentum():
     for momentum in (0.0, 0.75):
         keys = set(GradientDensity(10, momentum).state_dict())
-        assert keys == {'edges', 'acc_sum'}
+        assert keys == {'edges', 'acc_sum', 'num_updates'}
 
 
 @pytest.mark.parametrize('bins', [0, -1, 2.5, True, '10'])

@@ -43,6 +43,13 @@ def _map_chunks(fn: Callable[[int, int], object], rows: int, cols: int) -> List[
     return [parts[i % workers][i // workers] for i in range(len(chunks))]
 
 
+def _check_finite(loss_sums: Tensor, what: str) -> None:
+    # CPU only: the check reads a (bins + 2,) tensor; on CUDA it would be a host sync
+    if not torch.isfinite(loss_sums).all():
+        raise ValueError(f'{what} contain NaN or inf: the GHM loss would not be finite (the EMA '
+                         'state is left untouched); check the model for divergence')
+
+
 def _vectorized(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """fn on a 1-D gather, padded to a multiple of 64 so every element takes the vectorized
     kernel and gets the bits it got inside its chunk."""
@@ -105,6 +112,9 @@ class ClassificationCPU:
         if self.labels is not None:
             counts += self._correct_positives()
         return counts
+
+    def check_finite(self) -> None:
+        _check_finite(self.loss_sums, 'pred (logits) or target')
 
     def _correct_positives(self) -> Tensor:
         """Move each positive from the slot of g = s to that of g = 1 - s (mmdet's |s - 1|) and its
@@ -192,6 +202,9 @@ class RegressionCPU:
         self.loss_sums = torch.bincount(self.slots, weights=asl1.double(),
                                         minlength=self.density.num_slots)
         return self.density.count(self.slots)
+
+    def check_finite(self) -> None:
+        _check_finite(self.loss_sums, 'pred or target (box regressions)')
 
     def _per_element(self, slot_table: Tensor) -> Tensor:
         return slot_table.index_select(0, self.slots.int()).view(self.diff.shape)

@@ -37,9 +37,11 @@ class GHMFunction(torch.autograd.Function):
     def forward(ctx, pred: Tensor, passes, density: GradientDensity, tot: Optional[Tensor],
                 poison: Optional[Tensor], loss_weight: float, reduction: str) -> Tensor:
         counts = passes.histogram()
+        passes.check_finite()
         if tot is None:  # GHM-C: the number of valid elements
             tot = (pred.numel() - counts[0]).to(torch.float32)
-        tot = tot.to(torch.float32).clamp(min=1.0)
+        counts, tot, world_size = density.synchronize(counts, tot.to(torch.float32))
+        tot = tot.clamp(min=1.0)
         slot_weight = density.update(counts, tot, skip=poison)
         divisor = None
         if reduction == 'none':
@@ -47,7 +49,9 @@ class GHMFunction(torch.autograd.Function):
         else:
             loss = passes.loss(slot_weight, loss_weight, elementwise=False)
             if reduction == 'mean':
-                divisor = (tot.double() + EPS32).float()
+                # Synced over ranks, divide by the mean tot (mmdet's reduce_mean(avg_factor)):
+                # DDP's average of the gradients is then the gradient of the union's loss.
+                divisor = (tot.double() / world_size + EPS32).float()
                 loss = loss / divisor
             loss = loss * loss_weight
         if poison is not None:

@@ -50,6 +50,10 @@ class ClassificationTriton:
         return dict(BINS=self.bins, LABELS=self.labels is not None, WEIGHT=self.weight_mode,
                     BLOCK=BLOCK, num_warps=NUM_WARPS)
 
+    def check_finite(self) -> None:
+        """No check on the device (it would sync): NaN gradient norms are left out of the
+        counts, so a NaN loss never poisons the EMA state."""
+
     def histogram(self) -> Tensor:
         counts = torch.zeros(self.bins + 2, dtype=torch.int64, device=self.pred.device)
         K.ghmc_histogram_kernel[_grid(self.numel)](
@@ -97,6 +101,8 @@ class RegressionTriton:
     def _modes(self):
         return dict(BINS=self.bins, HAS_WEIGHT=self.weight is not None, BLOCK=BLOCK,
                     num_warps=NUM_WARPS)
+
+    check_finite = ClassificationTriton.check_finite
 
     def histogram(self) -> Tensor:
         counts = torch.zeros(self.bins + 2, dtype=torch.int64, device=self.pred.device)
