@@ -23,6 +23,18 @@ def _slots_p2(bins: int) -> int:
     return triton.next_power_of_2(bins + 2)
 
 
+def _loss_output(pred: Tensor, elementwise: bool):
+    """Grid and output of a loss kernel: the element-wise loss, or one partial sum a program."""
+    grid = _grid(pred.numel())
+    shape = pred.shape if elementwise else grid
+    return grid, torch.empty(shape, dtype=torch.float32, device=pred.device)
+
+
+def _finish_loss(out: Tensor, elementwise: bool) -> Tensor:
+    # per-program partials summed in a fixed order: bitwise reproducible
+    return out if elementwise else out.sum(dtype=torch.float64).float()
+
+
 class ClassificationTriton:
     """GHM-C passes; inputs as for ``ClassificationCPU``, made contiguous."""
 
@@ -62,16 +74,11 @@ class ClassificationTriton:
         return counts
 
     def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool) -> Tensor:
-        grid = _grid(self.numel)
-        if elementwise:
-            out = torch.empty(self.pred.shape, dtype=torch.float32, device=self.pred.device)
-        else:
-            out = torch.empty(grid[0], dtype=torch.float32, device=self.pred.device)
+        grid, out = _loss_output(self.pred, elementwise)
         K.ghmc_loss_kernel[grid](
             *self._inputs(), self.edges, slot_weight, out, float(loss_weight), self.numel, self.C,
             ELEMENTWISE=elementwise, **self._modes())
-        # per-program partials summed in a fixed order: bitwise reproducible
-        return out if elementwise else out.sum(dtype=torch.float64).float()
+        return _finish_loss(out, elementwise)
 
     def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
         grad = torch.empty_like(self.pred)
@@ -112,15 +119,11 @@ class RegressionTriton:
         return counts
 
     def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool) -> Tensor:
-        grid = _grid(self.numel)
-        if elementwise:
-            out = torch.empty(self.pred.shape, dtype=torch.float32, device=self.pred.device)
-        else:
-            out = torch.empty(grid[0], dtype=torch.float32, device=self.pred.device)
+        grid, out = _loss_output(self.pred, elementwise)
         K.ghmr_loss_kernel[grid](
             *self._inputs(), self.edges, slot_weight, out, self.mu, self.mu_sq, float(loss_weight),
             self.numel, ELEMENTWISE=elementwise, **self._modes())
-        return out if elementwise else out.sum(dtype=torch.float64).float()
+        return _finish_loss(out, elementwise)
 
     def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
         grad = torch.empty_like(self.pred)
