@@ -121,6 +121,7 @@ class GradientDensity(nn.Module):
         self.register_buffer('acc_sum', torch.zeros(bins))
         self.register_buffer('num_updates', torch.zeros(bins))
         self._set_slot_tables()
+        self._recorded: Optional[Tensor] = None  # see start_recording()
 
     def _set_slot_tables(self) -> None:
         # derived from the edges, so not saved; buffers so that they follow .to(device)
@@ -173,6 +174,29 @@ class GradientDensity(nn.Module):
         """int64 histogram of slot indices, ``(bins + 2,)``."""
         return torch.bincount(slots.reshape(-1), minlength=self.num_slots)
 
+    def start_recording(self) -> None:
+        """Sum the slot counts of the following calls (on the device, no sync) until
+        :meth:`stop_recording`; nothing is done on calls made while not recording."""
+        self._recorded = torch.zeros(self.num_slots, dtype=torch.int64, device=self.edges.device)
+
+    def stop_recording(self) -> Optional[Tensor]:
+        """The ``(bins + 2,)`` slot counts summed since :meth:`start_recording` (None if it was
+        not called); recording stops."""
+        recorded, self._recorded = self._recorded, None
+        return recorded
+
+    def slot_weights(self, slot_counts: Tensor) -> Tensor:
+        """The per-bin weights that counts would get in one call against the current state
+        (without changing it), ``(bins,)`` float32: what a diagnostic plots against g."""
+        counts = slot_counts[1:-1].to(self.acc_sum.device)
+        tot = counts.sum().clamp(min=1).float()
+        nonempty = counts > 0
+        density = self.acc_sum if self.momentum > 0 else counts.float()
+        if self.bias_correction and self.momentum > 0:
+            density = density / (1 - torch.pow(self.momentum, self.num_updates))
+        weights = torch.where(nonempty & (density > 0), tot / density, torch.zeros_like(density))
+        return weights / nonempty.sum().clamp(min=1)
+
     @torch.no_grad()
     def update(self, slot_counts: Tensor, tot: Tensor, skip: Optional[Tensor] = None) -> Tensor:
         """Advance the EMA with this call's counts and return the slot weight table.
@@ -186,6 +210,8 @@ class GradientDensity(nn.Module):
         Returns:
             float32 ``(bins + 2,)``: ``tot / density / n`` for non-empty bins, 0 elsewhere.
         """
+        if self._recorded is not None:
+            self._recorded += slot_counts
         counts = slot_counts[1:-1]
         nonempty = counts > 0
         num_nonempty = nonempty.sum().clamp_(min=1).to(torch.float32)

@@ -118,3 +118,20 @@ def test_bad_g():
         density(torch.ones(3, dtype=torch.int64))
     with pytest.raises(ValueError, match='valid'):
         density(torch.rand(3), torch.ones(4, dtype=torch.bool))
+
+
+def test_recording_sums_the_counts_of_the_calls_it_spans():
+    density = GradientDensity(10, 0.75)
+    g1, g2 = torch.rand(50), torch.rand(30)
+    density(g1)
+    density.start_recording()
+    density(g1)
+    density(g2)
+    recorded = density.stop_recording()
+    expected = density.count(density.slot_index(torch.cat([g1, g2])))
+    assert torch.equal(recorded, expected)
+    assert density.stop_recording() is None
+    density(g2)  # not recording: nothing kept
+    assert density._recorded is None
+    weights = density.slot_weights(recorded)
+    assert weights.shape == (10,) and (weights >= 0).all() and weights.max() > 0
