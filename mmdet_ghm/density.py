@@ -185,15 +185,18 @@ class GradientDensity(nn.Module):
         recorded, self._recorded = self._recorded, None
         return recorded
 
+    def _ema_density(self) -> Tensor:
+        if not self.bias_correction:
+            return self.acc_sum
+        return self.acc_sum / (1 - torch.pow(self.momentum, self.num_updates))
+
     def slot_weights(self, slot_counts: Tensor) -> Tensor:
         """The per-bin weights that counts would get in one call against the current state
         (without changing it), ``(bins,)`` float32: what a diagnostic plots against g."""
         counts = slot_counts[1:-1].to(self.acc_sum.device)
         tot = counts.sum().clamp(min=1).float()
         nonempty = counts > 0
-        density = self.acc_sum if self.momentum > 0 else counts.float()
-        if self.bias_correction and self.momentum > 0:
-            density = density / (1 - torch.pow(self.momentum, self.num_updates))
+        density = self._ema_density() if self.momentum > 0 else counts.float()
         weights = torch.where(nonempty & (density > 0), tot / density, torch.zeros_like(density))
         return weights / nonempty.sum().clamp(min=1)
 
@@ -222,11 +225,8 @@ class GradientDensity(nn.Module):
             updated = nonempty if skip is None else nonempty & ~skip
             self.acc_sum.copy_(torch.where(updated, ema, self.acc_sum))
             self.num_updates.add_(updated)
-            density = self.acc_sum
-            if self.bias_correction:
-                density = density / (1 - torch.pow(self.momentum, self.num_updates))
             # mmdet's `tot / acc` is Tensor.__rtruediv__, i.e. reciprocal(acc) * tot.
-            weights = density.reciprocal() * tot
+            weights = self._ema_density().reciprocal() * tot
         else:
             weights = (tot.double() / counts.double()).float()
         weights = torch.where(nonempty, weights, torch.zeros_like(weights)) / num_nonempty
