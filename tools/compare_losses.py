@@ -1,0 +1,366 @@
+"""The GHM paper's loss comparison on the embedded shapes dataset, as one command.
+
+    python tools/compare_losses.py            # from the repository root: 4 losses x 3 seeds
+
+trains the tiny RetinaNet (configs/_base_/retinanet_r18-tiny_fpn_shapes.py) with
+
+    CE (sigmoid) + smooth L1    configs/loss_comparison/retinanet_r18-tiny_fpn_ce_shapes.py
+    focal loss + smooth L1      configs/retinanet_r18-tiny_fpn_focal_shapes.py
+    GHM-C + smooth L1           configs/loss_comparison/retinanet_r18-tiny_fpn_ghmc_shapes.py
+    GHM-C + GHM-R               configs/retinanet_r18-tiny_fpn_ghm_shapes.py
+
+for each seed (``randomness.seed``: initialization, shuffling, flips; the data are the same), one
+after another, each in its own process, evaluates each with mmdet's COCO metric on the val split and
+writes into ``--out-dir`` (default ``docs/loss_comparison``):
+
+* ``loss_comparison.md``: the table (mean and sample standard deviation over the seeds of bbox mAP,
+  mAP@0.5 and seconds per training iteration), the per-seed numbers, the exact command, the software
+  and machine;
+* ``loss_comparison.json``: the same numbers, machine-readable;
+* ``figures/<config>_seed<S>/``: the gradient-norm figures of ``python -m mmdet_ghm.plot`` for the
+  first seed of every GHM run (``GHMDensityHook`` is added to those runs).
+
+Runs live in ``--work-dir`` (default ``work_dirs/compare_losses/<config>/seed<S>/``) with the exact
+config each trained with. A finished run (its ``result.json``, for the same config text) is
+reused, so an interrupted comparison resumes where it stopped; ``--rerun`` trains everything again.
+A failed run is reported in the table and makes the command exit with status 1 after the others ran.
+
+About 15 minutes a run on 2 CPU cores: 12 runs take about 3 hours. ``--cfg-options`` applies to
+every run (e.g. a tiny setting to check the pipeline: see tests/test_compare.py).
+"""
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import os.path as osp
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEFAULT_CONFIGS = [
+    'configs/loss_comparison/retinanet_r18-tiny_fpn_ce_shapes.py',
+    'configs/retinanet_r18-tiny_fpn_focal_shapes.py',
+    'configs/loss_comparison/retinanet_r18-tiny_fpn_ghmc_shapes.py',
+    'configs/retinanet_r18-tiny_fpn_ghm_shapes.py',
+]
+RESULT_FILE = 'result.json'
+#: Iterations of each epoch left out of the time per iteration (dataloader start, lazy inits);
+#: fewer in a run too short to leave any.
+WARMUP_ITERS = 3
+METRICS = (('coco/bbox_mAP', 'bbox mAP'), ('coco/bbox_mAP_50', 'mAP@0.5'))
+
+
+# --- one training run (in its own process: `compare_losses.py --train-one CONFIG`) ---------------
+
+def train_one(config_path: str) -> dict:
+    """Train and evaluate one dumped config; write and return its ``result.json``."""
+    from mmengine.config import Config
+    from mmengine.hooks import Hook
+    from mmengine.runner import Runner
+
+    class _Measure(Hook):
+        """Wall time between consecutive training iterations of an epoch (data loading included,
+        as MMEngine's ``time``) and the metrics of the last validation."""
+
+        priority = 'LOWEST'
+
+        def __init__(self):
+            self.times, self.metrics, self._last, self._in_epoch = [], None, None, 0
+
+        def before_train_epoch(self, runner):
+            self._last, self._in_epoch = time.perf_counter(), 0
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            now = time.perf_counter()
+            self.times.append((self._in_epoch, now - self._last))
+            self._in_epoch += 1
+            self._last = now
+
+        def seconds(self):
+            for warmup in (WARMUP_ITERS, 1, 0):
+                timed = [s for i, s in self.times if i >= warmup]
+                if timed:
+                    return timed
+            return []
+
+        def after_val_epoch(self, runner, metrics=None):
+            self.metrics = dict(metrics or {})
+
+    cfg = Config.fromfile(config_path)
+    start = time.perf_counter()
+    runner = Runner.from_cfg(cfg)
+    measure = _Measure()
+    runner.register_hook(measure)
+    runner.train()
+    if measure.metrics is None:  # a schedule that did not end with a validation
+        measure.metrics = dict(runner.val())
+    seconds = measure.seconds()
+    result = dict(
+        config_sha1=_sha1(config_path),
+        metrics={k: float(v) for k, v in measure.metrics.items() if isinstance(v, (int, float))},
+        iterations=runner.iter,
+        sec_per_iter=statistics.fmean(seconds) if seconds else None,
+        timed_iterations=len(seconds),
+        minutes=(time.perf_counter() - start) / 60,
+        log_dir=runner.log_dir)
+    with open(osp.join(osp.dirname(config_path), RESULT_FILE), 'w') as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+# --- the comparison ------------------------------------------------------------------------------
+
+def _sha1(path: str) -> str:
+    with open(path, 'rb') as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def _display_path(path: str) -> str:
+    """Repository-relative for the repository's files (as the default command line names them)."""
+    path = osp.abspath(path)
+    return osp.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
+
+
+def _uses_ghm(cfg) -> bool:
+    head = cfg.model.get('bbox_head', {})
+    return any(head.get(key, {}).get('type') in ('GHMC', 'GHMR')
+               for key in ('loss_cls', 'loss_bbox'))
+
+
+def describe_losses(cfg) -> str:
+    """'GHM-C + smooth L1' etc., from the head's loss configs."""
+    head = cfg.model.bbox_head
+    cls, box = head.loss_cls, head.loss_bbox
+    cls_name = {'GHMC': 'GHM-C', 'FocalLoss': 'focal loss'}.get(cls.type, cls.type)
+    if cls.type == 'CrossEntropyLoss':
+        cls_name = 'CE (sigmoid)' if cls.get('use_sigmoid') else 'CE (softmax)'
+    box_name = {'GHMR': 'GHM-R', 'SmoothL1Loss': 'smooth L1', 'L1Loss': 'L1'}.get(box.type,
+                                                                                 box.type)
+    return f'{cls_name} + {box_name}'
+
+
+def prepare_run(config: str, seed: int, run_dir: str, cfg_options: dict,
+                density_interval: int):
+    """Write the exact config of one run into ``run_dir/config.py``; returns (path, label, ghm)."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(cfg_options)
+    cfg.randomness = dict(cfg.get('randomness', {}), seed=seed)
+    cfg.work_dir = run_dir
+    ghm = _uses_ghm(cfg)
+    if ghm and density_interval > 0:
+        hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'GHMDensityHook']
+        cfg.custom_hooks = hooks + [dict(type='GHMDensityHook', interval=density_interval)]
+    os.makedirs(run_dir, exist_ok=True)
+    path = osp.join(run_dir, 'config.py')
+    text = cfg.pretty_text
+    if not osp.isfile(path) or open(path).read() != text:
+        with open(path, 'w') as f:
+            f.write(text)
+    return path, describe_losses(cfg), ghm
+
+
+def run_all(configs, seeds, work_dir, cfg_options, density_interval, rerun, log=print):
+    """Train every (config, seed) that has no up-to-date result; returns one dict per run."""
+    runs = []
+    for config in configs:
+        stem = osp.splitext(osp.basename(config))[0]
+        for seed in seeds:
+            run_dir = osp.abspath(osp.join(work_dir, stem, f'seed{seed}'))
+            path, label, ghm = prepare_run(config, seed, run_dir, cfg_options, density_interval)
+            run = dict(config=_display_path(config), stem=stem, label=label, seed=seed,
+                       run_dir=run_dir, ghm=ghm)
+            result_path = osp.join(run_dir, RESULT_FILE)
+            if not rerun and osp.isfile(result_path):
+                result = json.load(open(result_path))
+                if result.get('config_sha1') == _sha1(path):
+                    log(f'[compare] reuse {label}, seed {seed}: {result_path}')
+                    runs.append(dict(run, **result))
+                    continue
+                log(f'[compare] {label}, seed {seed}: config changed since the last run, rerunning')
+            if osp.isfile(result_path):
+                os.remove(result_path)
+            log(f'[compare] train {label}, seed {seed} -> {run_dir} (log: {run_dir}/train.log)')
+            with open(osp.join(run_dir, 'train.log'), 'w') as out:
+                proc = subprocess.run(
+                    [sys.executable, osp.abspath(__file__), '--train-one', path],
+                    stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
+            if proc.returncode != 0 or not osp.isfile(result_path):
+                log(f'[compare] FAILED {label}, seed {seed} (exit {proc.returncode}): see '
+                    f'{run_dir}/train.log')
+                runs.append(dict(run, failed=True))
+                continue
+            result = json.load(open(result_path))
+            log(f'[compare] done {label}, seed {seed}: mAP {result["metrics"].get("coco/bbox_mAP")}'
+                f', mAP@0.5 {result["metrics"].get("coco/bbox_mAP_50")}, '
+                f'{result["minutes"]:.1f} min')
+            runs.append(dict(run, **result))
+    return runs
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(runs) -> list:
+    """One row per config (in the order given): label, seeds, mean and sample std of each number."""
+    rows = []
+    for stem in dict.fromkeys(r['stem'] for r in runs):
+        mine = [r for r in runs if r['stem'] == stem]
+        done = [r for r in mine if not r.get('failed')]
+        row = dict(config=mine[0]['config'], label=mine[0]['label'],
+                   seeds=[r['seed'] for r in done], failed_seeds=[r['seed'] for r in mine
+                                                                   if r.get('failed')])
+        for key, _ in METRICS:
+            row[key] = _mean_std([r['metrics'].get(key) for r in done])
+        row['sec_per_iter'] = _mean_std([r.get('sec_per_iter') for r in done])
+        rows.append(row)
+    return rows
+
+
+def _fmt(mean_std, digits=3):
+    mean, std = mean_std
+    if mean is None:
+        return 'n/a'
+    return f'{mean:.{digits}f}' + (f' ± {std:.{digits}f}' if std is not None else '')
+
+
+def environment() -> dict:
+    import mmdet
+    import mmengine
+    import torch
+    try:
+        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, text=True,
+                                capture_output=True).stdout.strip() or None
+    except OSError:
+        commit = None
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+                commit=commit, python=platform.python_version(), torch=torch.__version__,
+                mmengine=mmengine.__version__, mmdet=mmdet.__version__,
+                machine=f'{platform.machine()}, {os.cpu_count()} CPUs, '
+                        f'{torch.get_num_threads()} torch threads')
+
+
+def write_report(rows, runs, out_dir, command, figures) -> str:
+    env = environment()
+    os.makedirs(out_dir, exist_ok=True)
+    lines = [
+        '# Loss comparison on the embedded shapes dataset',
+        '',
+        'Tiny from-scratch RetinaNet (`configs/_base_/retinanet_r18-tiny_fpn_shapes.py`), the same '
+        'data and schedule for every loss; COCO bbox metrics on the val split. Mean ± sample '
+        'standard deviation over the seeds; time per iteration: wall time between training '
+        f'iterations (data loading included; the first {WARMUP_ITERS} of each epoch left out when '
+        'the epoch is longer).',
+        '',
+        '| losses | config | seeds | bbox mAP | mAP@0.5 | s / iteration |',
+        '|---|---|---|---|---|---|',
+    ]
+    for row in rows:
+        seeds = ', '.join(map(str, row['seeds'])) or 'none'
+        if row['failed_seeds']:
+            seeds += ' (failed: ' + ', '.join(map(str, row['failed_seeds'])) + ')'
+        lines.append(f'| {row["label"]} | `{row["config"]}` | {seeds} | '
+                     f'{_fmt(row["coco/bbox_mAP"])} | {_fmt(row["coco/bbox_mAP_50"])} | '
+                     f'{_fmt(row["sec_per_iter"], 2)} |')
+    lines += ['', 'Per run:', '', '| losses | seed | bbox mAP | mAP@0.5 | s / iteration | '
+              'iterations | minutes |', '|---|---|---|---|---|---|---|']
+    for r in runs:
+        if r.get('failed'):
+            lines.append(f'| {r["label"]} | {r["seed"]} | failed | | | | |')
+            continue
+        m = r['metrics']
+        spi = r.get('sec_per_iter')
+        lines.append(f'| {r["label"]} | {r["seed"]} | {m.get("coco/bbox_mAP", float("nan")):.3f} | '
+                     f'{m.get("coco/bbox_mAP_50", float("nan")):.3f} | '
+                     f'{"n/a" if spi is None else f"{spi:.2f}"} | {r["iterations"]} | '
+                     f'{r["minutes"]:.1f} |')
+    if figures:
+        lines += ['', 'Gradient-norm figures (`python -m mmdet_ghm.plot`, first seed of each '
+                  'GHM run):', '']
+        lines += [f'- `{osp.relpath(p, out_dir)}`' for p in figures]
+    lines += ['', 'Made with (from the repository root):', '', '```bash', command, '```', '',
+              f'{env["date"]}, commit {env["commit"]}; Python {env["python"]}, '
+              f'torch {env["torch"]}, '
+              f'mmengine {env["mmengine"]}, mmdet {env["mmdet"]}; {env["machine"]}.', '']
+    md = osp.join(out_dir, 'loss_comparison.md')
+    with open(md, 'w') as f:
+        f.write('\n'.join(lines))
+    with open(osp.join(out_dir, 'loss_comparison.json'), 'w') as f:
+        json.dump(dict(command=command, environment=env, summary=rows,
+                       runs=[{k: v for k, v in r.items() if k != 'run_dir'} for r in runs]),
+                  f, indent=2)
+    return md
+
+
+def plot_figures(runs, out_dir, log=print) -> list:
+    """``mmdet_ghm.plot`` figures of the first successful seed of every GHM config."""
+    from mmdet_ghm.plot import plot_run
+
+    written, seen = [], set()
+    for r in runs:
+        if not r['ghm'] or r.get('failed') or r['stem'] in seen:
+            continue
+        seen.add(r['stem'])
+        try:
+            written += plot_run(r['run_dir'], osp.join(out_dir, 'figures',
+                                                       f'{r["stem"]}_seed{r["seed"]}'))
+        except (FileNotFoundError, ValueError) as e:
+            log(f'[compare] no figures for {r["label"]}, seed {r["seed"]}: {e}')
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--configs', nargs='+', default=DEFAULT_CONFIGS,
+                        help='configs to compare (default: the four of the module docstring)')
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--work-dir', default='work_dirs/compare_losses')
+    parser.add_argument('--out-dir', default='docs/loss_comparison',
+                        help='where the table and the figures go')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='config overrides applied to every run (mmdet tools/train.py syntax)')
+    parser.add_argument('--density-interval', type=int, default=25,
+                        help='GHMDensityHook interval in the GHM runs (0: no hook, no figures)')
+    parser.add_argument('--rerun', action='store_true',
+                        help='train again even where a result exists')
+    parser.add_argument('--train-one', metavar='CONFIG', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.train_one:
+        train_one(args.train_one)
+        return 0
+
+    from mmengine.config import DictAction
+    options = {}
+    if args.cfg_options:
+        holder = argparse.Namespace()
+        DictAction(option_strings=[], dest='opts')(None, holder, args.cfg_options)
+        options = holder.opts
+    configs = [osp.abspath(c if osp.isabs(c) or osp.exists(c) else osp.join(REPO, c))
+               for c in args.configs]
+    missing = [c for c in configs if not osp.isfile(c)]
+    if missing:
+        parser.error(f'config file(s) not found: {", ".join(missing)}')
+    command = shlex.join(['python', 'tools/compare_losses.py']
+                         + list(sys.argv[1:] if argv is None else argv))
+
+    runs = run_all(configs, args.seeds, args.work_dir, options, args.density_interval, args.rerun)
+    figures = plot_figures(runs, args.out_dir)
+    md = write_report(summarize(runs), runs, args.out_dir, command, figures)
+    print(open(md).read())
+    print(f'[compare] table: {md}')
+    return 1 if any(r.get('failed') for r in runs) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
