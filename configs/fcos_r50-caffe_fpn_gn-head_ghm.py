@@ -3,7 +3,7 @@
 # FCOSHead calls loss_cls(scores, labels, avg_factor=...) without label weights: every location is a
 # valid sample, which this package's GHMC accepts (mmdet's needs label_weight).
 # GHM-R does not apply: FCOS regresses decoded boxes with an IoU loss weighted by centerness
-# (loss_bbox(pred, target, weight=..., avg_factor=...)), not the anchor deltas GHM-R's ASL1 is made for.
+# (loss_bbox(pred, target, weight=..., avg_factor=...)), not the anchor deltas of GHM-R's ASL1.
 _base_ = 'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py'
 custom_imports = dict(imports=['mmdet_ghm'], allow_failed_imports=False)
 

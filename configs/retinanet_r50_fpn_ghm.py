@@ -27,5 +27,6 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
-# Fails before the first iteration on GHMC without use_sigmoid=True or num_classes != dataset classes.
+# Stops before the first iteration on GHMC without use_sigmoid=True, or on num_classes that differ
+# from the dataset's classes.
 custom_hooks = [dict(type='GHMCheckHook')]

@@ -71,7 +71,7 @@ def main(argv=None):
     lines = [
         '',
         f'=== mmdet_ghm main job: {args.config} ===',
-        f'time:       {minutes:.1f} min (data generation on first use, training, evaluation)',
+        f'time:       {minutes:.1f} min in all (data generation if not cached, training, eval)',
         f'bbox mAP:   {_fmt(map_all)}   mAP@0.5: {_fmt(map_50)}   '
         f'mAP@0.75: {_fmt(metrics.get("coco/bbox_mAP_75"))}   (COCO metric, val split)',
     ]

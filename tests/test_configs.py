@@ -38,7 +38,8 @@ def test_every_config_is_covered():
     names = set(IDS)
     assert {'retinanet_r50_fpn_ghm.py', 'retinanet_r101_fpn_ghm.py',
             'retinanet_x101-32x4d_fpn_ghm.py', 'retinanet_x101-64x4d_fpn_ghm.py',
-            'retinanet_r18-tiny_fpn_ghm_shapes.py', 'retinanet_r18-tiny_fpn_focal_shapes.py'} <= names
+            'retinanet_r18-tiny_fpn_ghm_shapes.py',
+            'retinanet_r18-tiny_fpn_focal_shapes.py'} <= names
     assert any(n.startswith('fcos') for n in names) and any(n.startswith('atss') for n in names)
 
 

@@ -1,5 +1,5 @@
-"""The embedded shapes dataset: deterministic bytes, a cache written once, the imbalance it promises,
-and the registered dataset type that generates it on first use."""
+"""The embedded shapes dataset: deterministic bytes, a cache written once, the imbalance it
+promises, and the registered dataset type that generates it on first use."""
 import hashlib
 import json
 import os

@@ -13,7 +13,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
-    # Images already have this size; Resize records the scale_factor that predict(rescale=True) uses.
+    # The images have this size already: Resize records the scale_factor predict(rescale=True) uses.
     dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(

@@ -1,5 +1,5 @@
 # A from-scratch RetinaNet small enough to train on the embedded shapes dataset with 2 CPU cores:
-# ResNet-18 layout at 1/4 width, a 64-channel FPN on strides 8-64, a 2-conv GN head, 3 anchors a place.
+# ResNet-18 layout at 1/4 width, 64-channel FPN on strides 8-64, 2-conv GN head, 3 anchors a place.
 # The loss-specific configs (GHM, focal baseline) inherit from this file.
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',
@@ -22,7 +22,7 @@ model = dict(
         in_channels=64,
         feat_channels=64,
         stacked_convs=2,
-        # GroupNorm in the head: without a pretrained start, it makes the head converge in few epochs.
+        # GroupNorm in the head: trained from scratch, the head converges in fewer epochs with it.
         norm_cfg=dict(type='GN', num_groups=16, requires_grad=True),
         # Objects are 12-56 px: anchors of 16-25 px at stride 8 up to 128-203 px at stride 64;
         # three scales an octave give the small objects more than one positive anchor.

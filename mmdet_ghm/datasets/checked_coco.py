@@ -1,4 +1,4 @@
-"""``CheckedCocoDataset``: mmdet's CocoDataset that says what is missing, and where, before loading."""
+"""``CheckedCocoDataset``: mmdet's CocoDataset that first says what is missing, and where."""
 import os.path as osp
 
 from mmdet.datasets import CocoDataset
@@ -9,9 +9,9 @@ from mmdet.registry import DATASETS
 class CheckedCocoDataset(CocoDataset):
     """:class:`~mmdet.datasets.CocoDataset` that checks its files first.
 
-    Without COCO on disk, mmdet fails deep inside pycocotools with a bare ``FileNotFoundError``; this
-    raises one that names the missing folder or file, the resolved location, and how to fix it. It
-    loads, samples and evaluates exactly like ``CocoDataset`` once the files are there.
+    Without COCO on disk, mmdet fails deep inside pycocotools with a bare ``FileNotFoundError``;
+    this raises one that names the missing folder or file, the resolved location, and how to fix
+    it. It loads, samples and evaluates exactly like ``CocoDataset`` once the files are there.
     """
 
     def full_init(self):

@@ -8,7 +8,7 @@ The data is built to show the imbalance GHM is about, at a size a 2-core CPU tra
   under 24 px (COCO calls everything under 32 x 32 px "small");
 * clutter and occlusion: thin line segments and speckles on a noisy gradient background, and objects
   that overlap (each keeps at least half of its pixels visible; boxes are the visible extent);
-* many easy negatives: most of every image is background and 8 % of the images hold no object at all.
+* many easy negatives: most of every image is background, and 8 % of the images hold no object.
 
 Every image is rendered from its own generator seeded by ``(seed, split, index)`` and every output
 byte depends only on those and on :data:`GENERATOR_VERSION`: the same arguments give the same files.
@@ -166,7 +166,8 @@ def split_spec(split, num_images, seed, image_size):
     if split not in SPLIT_IDS:
         raise ValueError(f'split must be one of {sorted(SPLIT_IDS)}, got {split!r}')
     if int(num_images) < 1 or int(image_size) < 64:
-        raise ValueError(f'need num_images >= 1 and image_size >= 64, got {num_images}, {image_size}')
+        raise ValueError(f'need num_images >= 1 and image_size >= 64, '
+                         f'got {num_images}, {image_size}')
     return dict(generator='mmdet_ghm.datasets.shapes_generator', version=GENERATOR_VERSION,
                 split=split, num_images=int(num_images), seed=int(seed), image_size=int(image_size))
 
@@ -189,10 +190,11 @@ def generate_split(out_dir, split, num_images, seed=0, image_size=160):
         with open(osp.join(out_dir, split, file_name), 'wb') as f:
             f.write(encoded.tobytes())
         image_id = index + 1
-        images.append(dict(id=image_id, file_name=file_name, width=img.shape[1], height=img.shape[0]))
+        images.append(dict(id=image_id, file_name=file_name,
+                           width=img.shape[1], height=img.shape[0]))
         for label, bbox, area in objects:
-            annotations.append(dict(id=len(annotations) + 1, image_id=image_id, category_id=label + 1,
-                                    bbox=bbox, area=area, iscrowd=0))
+            annotations.append(dict(id=len(annotations) + 1, image_id=image_id,
+                                    category_id=label + 1, bbox=bbox, area=area, iscrowd=0))
     coco = dict(info=spec, images=images, annotations=annotations,
                 categories=[dict(id=i + 1, name=n, supercategory='shape')
                             for i, n in enumerate(SHAPE_CLASSES)])
@@ -241,7 +243,8 @@ def ensure_split(data_root, split, num_images, seed=0, image_size=160, logger=pr
             return annotation_path(data_root, split)
         if logger is not None:
             logger(f'[mmdet_ghm] generating the synthetic shapes {split} split '
-                   f'({spec["num_images"]} images, seed {spec["seed"]}) into {osp.abspath(data_root)}')
+                   f'({spec["num_images"]} images, seed {spec["seed"]}) '
+                   f'into {osp.abspath(data_root)}')
         tmp = tempfile.mkdtemp(prefix=f'.{split}-', dir=data_root)
         try:
             generate_split(tmp, split, spec['num_images'], spec['seed'], spec['image_size'])

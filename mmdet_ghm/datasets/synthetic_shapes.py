@@ -13,8 +13,9 @@ class SyntheticShapesDataset(CocoDataset):
     """Five shape classes with GHM's imbalances (rare classes, small objects, clutter, occlusion,
     easy negatives), generated deterministically into ``data_root`` the first time a split is used.
 
-    It is a :class:`~mmdet.datasets.CocoDataset` over ``<data_root>/annotations/instances_<split>.json``
-    and ``<data_root>/<split>/``, so mmdet's ``CocoMetric`` evaluates it from that annotation file.
+    It is a :class:`~mmdet.datasets.CocoDataset` over
+    ``<data_root>/annotations/instances_<split>.json`` and ``<data_root>/<split>/``, so mmdet's
+    ``CocoMetric`` evaluates it from that annotation file.
     A later run with the same (split, num_images, seed, image_size) reuses the files.
 
     Args:
@@ -34,11 +35,13 @@ class SyntheticShapesDataset(CocoDataset):
         for derived in ('ann_file', 'data_prefix'):
             if derived in kwargs:
                 raise ValueError(
-                    f'SyntheticShapesDataset sets `{derived}` from `split`; remove `{derived}` from '
-                    f'the dataset config and choose the split with split=\'train\'/\'val\'/\'test\'.')
+                    f'SyntheticShapesDataset sets `{derived}` from `split`; remove '
+                    f'`{derived}` from the dataset config and choose the split with '
+                    "split='train'/'val'/'test'.")
         if num_images is None:
             num_images = DEFAULT_NUM_IMAGES.get(split, DEFAULT_NUM_IMAGES['val'])
-        self.split, self.num_images, self.seed, self.image_size = split, num_images, seed, image_size
+        self.split, self.num_images = split, num_images
+        self.seed, self.image_size = seed, image_size
         ensure_split(data_root, split, num_images, seed, image_size,
                      logger=lambda msg: print_log(msg, logger='current'))
         super().__init__(data_root=data_root,

@@ -7,8 +7,8 @@
 * ``num_classes`` of a head that disagrees with the dataset's classes: mmdet trains on it and
   reports per-class metrics for the wrong classes (or an index error, much later).
 
-:class:`GHMCheckHook` runs both checks once the runner has built the model and the dataloaders of the
-run, before the first iteration. :func:`check_detector` is the same check for code without a runner.
+:class:`GHMCheckHook` runs both checks once the runner has built the model and the dataloaders of
+the run, before the first iteration. :func:`check_detector` does the same without a runner.
 """
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -53,16 +53,17 @@ def check_num_classes(model, classes, dataset_name='dataset'):
     if classes is None:
         return
     if isinstance(classes, str):
-        raise ValueError(f'{dataset_name} metainfo classes must be a tuple of names, got the string '
-                         f'{classes!r}; write classes=({classes!r},) for a single class.')
+        raise ValueError(f'{dataset_name} metainfo classes must be a tuple of names, got the '
+                         f'string {classes!r}; write classes=({classes!r},) for one class.')
     for path, head in _heads(model):
         if path.endswith('rpn_head'):  # class-agnostic by design
             continue
         if head.num_classes != len(classes):
             raise ValueError(
                 f'{path}.num_classes is {head.num_classes} but {dataset_name} has {len(classes)} '
-                f'classes {tuple(classes)}. Set {path}.num_classes={len(classes)} in the config (or '
-                f'give the dataset metainfo=dict(classes=(...)) with {head.num_classes} names).')
+                f'classes {tuple(classes)}. Set {path}.num_classes={len(classes)} in the config '
+                f'(or give the dataset metainfo=dict(classes=(...)) with {head.num_classes} '
+                f'names).')
 
 
 def check_detector(model, classes=None, dataset_name='dataset'):
@@ -77,8 +78,8 @@ class GHMCheckHook(Hook):
     ``num_classes`` that disagree with the dataset (see the module docstring).
 
     Add it to a config with ``custom_hooks = [dict(type='GHMCheckHook')]`` (every config of this
-    package does). It checks the dataloaders the run has built: train (and val) in ``runner.train()``,
-    val in ``runner.val()``, test in ``runner.test()``.
+    package does). It checks the dataloaders the run has built: train (and val) in
+    ``runner.train()``, val in ``runner.val()``, test in ``runner.test()``.
     """
 
     priority = 'VERY_HIGH'
