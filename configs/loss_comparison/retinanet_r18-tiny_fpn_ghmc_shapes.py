@@ -1,6 +1,5 @@
 # Loss comparison (tools/compare_losses.py): GHM-C alone, with the zoo's hyperparameters, and
 # RetinaNet's smooth L1 (beta 0.11) for the boxes, as in the GHM paper's classification ablation.
-# (Here, not in configs/: tests/test_configs.py expects GHM-R in a top-level RetinaNet *ghm* config.)
 _base_ = '../_base_/retinanet_r18-tiny_fpn_shapes.py'
 
 model = dict(

@@ -135,22 +135,21 @@ class GHMDensityHook(Hook):
         if not self._recording:
             return
         self._recording = False
-        names = list(self._densities)
-        counts = [self._densities[name].stop_recording() for name in names]
+        stopped = {name: d.stop_recording() for name, d in self._densities.items()}
+        # None: something else (a second instance of this hook) stopped that recording first.
+        names = [name for name, c in stopped.items() if c is not None]
+        if not names:
+            return
+        counts = [stopped[name] for name in names]
         weights = [self._densities[name].slot_weights(c) for name, c in zip(names, counts)]
         # One device-to-host copy for all losses; float64 holds the integer counts exactly.
-        packed = torch.cat([t.double().reshape(-1) for t in counts + weights]).cpu().tolist()
+        tensors = [t.double().reshape(-1) for t in counts + weights]
+        parts = torch.cat(tensors).cpu().split([t.numel() for t in tensors])
+        records = {
+            name: dict(slot_counts=[int(c) for c in parts[i].tolist()],
+                       weights=parts[len(names) + i].tolist())
+            for i, name in enumerate(names)}
         step = runner.iter + 1  # the LoggerHook's numbering of this iteration
-        records = {}
-        offset = 0
-        for name in names:
-            n = self._densities[name].num_slots
-            records[name] = dict(slot_counts=[int(c) for c in packed[offset:offset + n]])
-            offset += n
-        for name in names:
-            n = self._densities[name].bins
-            records[name]['weights'] = packed[offset:offset + n]
-            offset += n
         self.write(runner.visualizer, step, records)
 
     def _full_record(self, name: str, slot_counts: List[int], weights: List[float]) -> dict:
