@@ -278,8 +278,10 @@ def main(argv=None) -> int:
     parser.add_argument('--records', help='records file to use (default: the latest run\'s)')
     parser.add_argument('--step', type=int, help='iteration whose weights the reweighted-gradient '
                         'figures use (default: the last recorded)')
-    parser.add_argument('--focal-gamma', type=float, default=2.0)
-    parser.add_argument('--smooth-l1-beta', type=float, default=0.11)
+    parser.add_argument('--focal-gamma', type=float, default=2.0,
+                        help='gamma of the focal-loss reference curve (default: 2)')
+    parser.add_argument('--smooth-l1-beta', type=float, default=0.11,
+                        help='beta of the smooth-L1 reference curve (default: 0.11, RetinaNet)')
     parser.add_argument('--max-curves', type=int, default=8,
                         help='iterations drawn as curves in the distribution figure')
     args = parser.parse_args(argv)

@@ -323,8 +323,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--configs', nargs='+', default=DEFAULT_CONFIGS,
                         help='configs to compare (default: the four of the module docstring)')
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--work-dir', default='work_dirs/compare_losses')
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2],
+                        help='randomness.seed of the runs (default: 0 1 2)')
+    parser.add_argument('--work-dir', default='work_dirs/compare_losses',
+                        help='where the runs go, one dir per config and seed')
     parser.add_argument('--out-dir', default='docs/loss_comparison',
                         help='where the table and the figures go')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
