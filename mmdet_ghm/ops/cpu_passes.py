@@ -1,46 +1,27 @@
 """The three GHM passes (histogram, loss, grad) on CPU tensors, vectorized with PyTorch.
 
 Same contract as :mod:`mmdet_ghm.ops.triton_passes`. GHM-C walks the (M, C) problem in chunks of
-rows small enough for their temporaries to stay in cache and for every op to run inline (below
-PyTorch's parallel grain size); ``torch.get_num_threads()`` worker threads take the chunks, so the
-whole pass is parallel without the per-op fork/join. Each chunk holds a multiple of 64 elements,
+rows small enough for their temporaries to stay in cache. Each chunk holds a multiple of 64 elements,
 so PyTorch's vectorized sigmoid gives exactly the bits it gives on the whole tensor (its scalar
 tail loop rounds differently) and the bins match mmdet's bit for bit. The histogram pass keeps one
 byte per element (the slot) and per-slot sums of the loss, so the loss needs no second pass and
 the backward pass one gather. Results are combined in chunk order: bitwise reproducible.
 """
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Below at::internal::GRAIN_SIZE (32768), so an op on a chunk never forks into the intra-op pool.
-CHUNK_ELEMENTS = 1 << 15
-
-_pool: Optional[ThreadPoolExecutor] = None
-_pool_lock = threading.Lock()
+# About 1 MiB of float32 a chunk: the chunk's few temporaries stay in cache between ops, each op
+# still splits across PyTorch's intra-op threads, and the per-chunk dispatch cost is amortized.
+CHUNK_ELEMENTS = 1 << 18
 
 
 def _map_chunks(fn: Callable[[int, int], object], rows: int, cols: int) -> List[object]:
-    """fn(r0, r1) over row chunks, in parallel on torch.get_num_threads() threads; ordered."""
+    """fn(r0, r1) over row chunks of about CHUNK_ELEMENTS elements, a multiple of 64, in order."""
     step = max(64, (CHUNK_ELEMENTS // max(cols, 1)) // 64 * 64)
-    chunks = [(r, min(r + step, rows)) for r in range(0, rows, step)]
-    workers = min(torch.get_num_threads(), len(chunks))
-    if workers <= 1:
-        return [fn(*c) for c in chunks]
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < workers:
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix='mmdet_ghm')
-    def run(worker_chunks):
-        with torch.no_grad():  # grad mode is per thread: the workers' is on by default
-            return [fn(*c) for c in worker_chunks]
-    futures = [_pool.submit(run, chunks[i::workers]) for i in range(workers)]
-    parts = [f.result() for f in futures]
-    return [parts[i % workers][i // workers] for i in range(len(chunks))]
+    return [fn(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 
 def _check_finite(loss_sums: Tensor, what: str) -> None:
