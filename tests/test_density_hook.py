@@ -193,7 +193,10 @@ def test_embedded_config_few_iterations_then_plot(tmp_path, monkeypatch):
         'default_hooks.checkpoint.interval': 100, 'default_hooks.checkpoint.save_last': False})
     cfg.custom_hooks.append(dict(type='GHMDensityHook', interval=2))
     cfg.work_dir = str(tmp_path / 'work')
-    cfg.experiment_name = f'density_hook_{uuid.uuid4().hex}'  # a fresh visualizer instance
+    cfg.experiment_name = f'density_hook_{uuid.uuid4().hex}'
+    # MMEngine reuses a visualizer instance of the same name made by an earlier runner in this
+    # process (its files then go to that run's directory): give this run its own
+    cfg.visualizer.name = f'visualizer_{uuid.uuid4().hex}'
     runner = Runner.from_cfg(cfg)
     runner.train()
 
