@@ -76,9 +76,8 @@ class ClassificationCPU:
         if self.valid is not None:
             slots.mul_(self.valid[r0:r1])
         flat = slots.view(-1)
-        num_slots = self.density.num_slots
-        return (torch.bincount(flat, minlength=num_slots),
-                torch.bincount(flat, weights=bce.view(-1), minlength=num_slots))
+        return (self.density.count(flat),
+                torch.bincount(flat, weights=bce.view(-1), minlength=self.density.num_slots))
 
     def histogram(self) -> Tensor:
         M, C = self.pred.shape
@@ -114,8 +113,7 @@ class ClassificationCPU:
         self.loss_sums -= torch.bincount(old, weights=softplus.double(), minlength=num_slots)
         self.loss_sums += torch.bincount(new, weights=(softplus - x).double(),
                                          minlength=num_slots)
-        return (torch.bincount(new, minlength=num_slots)
-                - torch.bincount(old, minlength=num_slots))
+        return self.density.count(new) - self.density.count(old)
 
     def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool) -> Tensor:
         """Sum over elements of loss * weight (float32 0-dim), or the element-wise loss."""
