@@ -29,4 +29,4 @@ test_evaluator = val_evaluator
 
 # Stops before the first iteration on GHMC without use_sigmoid=True, or on num_classes that differ
 # from the dataset's classes.
-custom_hooks = [dict(type='GHMCheckHook')]
+custom_hooks = [dict(type='GHMCheckHook'), dict(type='WeightsOnlyCheckpointHook')]

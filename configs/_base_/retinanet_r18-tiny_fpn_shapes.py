@@ -57,5 +57,5 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25),
     checkpoint=dict(type='CheckpointHook', interval=max_epochs, max_keep_ckpts=1, save_last=True))
 log_processor = dict(window_size=25)
-custom_hooks = [dict(type='GHMCheckHook')]
+custom_hooks = [dict(type='GHMCheckHook'), dict(type='WeightsOnlyCheckpointHook')]
 randomness = dict(seed=0)

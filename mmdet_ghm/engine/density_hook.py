@@ -85,7 +85,8 @@ class GHMDensityHook(Hook):
 
     Add it to a config (mmdet's ``default_runtime`` visualizer writes the local files)::
 
-        custom_hooks = [dict(type='GHMCheckHook'), dict(type='GHMDensityHook', interval=50)]
+        custom_hooks = [dict(type='GHMCheckHook'), dict(type='WeightsOnlyCheckpointHook'),
+                        dict(type='GHMDensityHook', interval=50)]
 
     then plot a run with ``python -m mmdet_ghm.plot WORK_DIR``. See the module docstring.
 

@@ -1,0 +1,89 @@
+"""Checkpoints that load with torch's ``weights_only`` default (torch >= 2.6).
+
+MMEngine 0.10.7 stores its message hub as pickled ``HistoryBuffer`` objects holding numpy arrays,
+and a buffer's pickled state names its statistics methods through ``builtins.getattr``: torch's
+safe unpickler refuses the file, so ``resume=True`` fails unless weights_only is switched off for
+every load (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``). Allow-listing ``getattr`` would make every
+checkpoint able to call anything, so this hook changes what is written instead: before a save it
+turns each buffer and numpy value into tensors and plain containers, after a load it turns them
+back, before the runner hands them to the message hub. The model, optimizer and scheduler states
+(the GHM density included) are tensors and plain values already and pass through untouched.
+"""
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
+
+from mmdet.registry import HOOKS
+
+# Marker keys of the encoded values: a dict with exactly one of them is an encoded value.
+_BUFFER, _ARRAY, _SCALAR = '__mmdet_ghm_history_buffer__', '__mmdet_ghm_ndarray__', \
+    '__mmdet_ghm_npscalar__'
+
+
+def _same_mapping(original: dict, items: dict) -> dict:
+    # the message hub's runtime info is an OrderedDict; the safe unpickler knows that one
+    return OrderedDict(items) if isinstance(original, OrderedDict) else items
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, HistoryBuffer):
+        logs, counts = value.data
+        return {_BUFFER: dict(log=_encode(logs), count=_encode(counts),
+                              max_length=value.max_length)}
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise TypeError('WeightsOnlyCheckpointHook: cannot store a numpy array of Python '
+                            'objects in a weights_only checkpoint')
+        return {_ARRAY: torch.from_numpy(np.ascontiguousarray(value)).clone()}
+    if isinstance(value, np.generic):
+        return {_SCALAR: torch.from_numpy(np.asarray(value)).clone()}
+    if isinstance(value, dict):
+        return _same_mapping(value, {k: _encode(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        encoded = [_encode(v) for v in value]
+        return encoded if isinstance(value, list) else tuple(encoded)
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1:
+            (key, inner), = value.items()
+            if key == _BUFFER:
+                return HistoryBuffer(_decode(inner['log']), _decode(inner['count']),
+                                     inner['max_length'])
+            if key == _ARRAY:
+                return inner.numpy()
+            if key == _SCALAR:
+                return inner.numpy()[()]
+        return _same_mapping(value, {k: _decode(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        decoded = [_decode(v) for v in value]
+        return decoded if isinstance(value, list) else tuple(decoded)
+    return value
+
+
+@HOOKS.register_module()
+class WeightsOnlyCheckpointHook(Hook):
+    """Write MMEngine checkpoints that ``torch.load(..., weights_only=True)`` accepts.
+
+    Add it to ``custom_hooks`` (the configs of this package do). Checkpoints it wrote resume in
+    runs that have it; checkpoints written without it still need torch's
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (only for files you trust).
+    """
+
+    priority = 'VERY_LOW'  # after every other hook has added what it saves
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        for key in ('meta', 'message_hub'):
+            if key in checkpoint:
+                checkpoint[key] = _encode(checkpoint[key])
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        for key in ('meta', 'message_hub'):
+            if key in checkpoint:
+                checkpoint[key] = _decode(checkpoint[key])
