@@ -14,7 +14,7 @@ after another, each in its own process, evaluates each with mmdet's COCO metric 
 writes into ``--out-dir`` (default ``docs/loss_comparison``):
 
 * ``loss_comparison.md``: the table (mean and sample standard deviation over the seeds of bbox mAP,
-  mAP@0.5 and seconds per training iteration), the per-seed numbers, the exact command, the software
+  mAP@0.5 and the median seconds per training iteration), the per-seed numbers, the exact command, the software
   and machine;
 * ``loss_comparison.json``: the same numbers, machine-readable;
 * ``figures/<config>_seed<S>/``: the gradient-norm figures of ``python -m mmdet_ghm.plot`` for the
@@ -104,7 +104,8 @@ def train_one(config_path: str) -> dict:
         config_sha1=_sha1(config_path),
         metrics={k: float(v) for k, v in measure.metrics.items() if isinstance(v, (int, float))},
         iterations=runner.iter,
-        sec_per_iter=statistics.fmean(seconds) if seconds else None,
+        # the median: a pause of the machine (another job) moves one iteration, not the figure
+        sec_per_iter=statistics.median(seconds) if seconds else None,
         timed_iterations=len(seconds),
         minutes=(time.perf_counter() - start) / 60,
         log_dir=runner.log_dir)
@@ -258,7 +259,7 @@ def write_report(rows, runs, out_dir, command, figures) -> str:
         '',
         'Tiny from-scratch RetinaNet (`configs/_base_/retinanet_r18-tiny_fpn_shapes.py`), the same '
         'data and schedule for every loss; COCO bbox metrics on the val split. Mean ± sample '
-        'standard deviation over the seeds; time per iteration: wall time between training '
+        'standard deviation over the seeds; time per iteration: median wall time between training '
         f'iterations (data loading included; the first {WARMUP_ITERS} of each epoch left out when '
         'the epoch is longer).',
         '',
