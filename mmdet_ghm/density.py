@@ -57,6 +57,26 @@ def build_slot_tables(edges: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
     return first.to(dtype), step
 
 
+def unit_interval_slots(g: Tensor, bins: int, out: Optional[Tensor] = None) -> Tensor:
+    """uint8 slots of float32 g in [0, 1] for the edges ``float32(i / bins)`` (last edge > 1),
+    equal to ``_bucketize_slots``: ``floor((g + ulp(g) / 2) * bins) + 1`` in float64, 4 cheap
+    ops and no lookup. NaN gets an unspecified slot: callers reject non-finite inputs.
+
+    Why exact: ``g + ulp(g) / 2`` has 25 significant bits, ``* bins`` at most 33, so float64
+    holds both exactly. Each edge ``e_i`` is the float nearest ``i / bins`` (never a tie: ``i /
+    bins`` is either a float or not dyadic), so the only float on the wrong side of ``i / bins``
+    is ``e_i`` itself when it was rounded down, and it lies within half an ulp: adding half an
+    ulp lifts exactly that one over ``i / bins`` and no float below it. 1.0 (and anything below
+    the last edge) is clamped into the last bin, as the last edge is above 1.
+    """
+    h = g.to(torch.float32).to(torch.float64)
+    h.view(torch.int64).add_(1 << 28)  # + half a float32 ulp: float64 has 29 more mantissa bits
+    h.mul_(bins)
+    torch.clamp(h, max=bins - 1, out=h)
+    slots = h.to(torch.uint8) if out is None else out.copy_(h)
+    return slots.add_(1)
+
+
 def slot_index(g: Tensor, edges: Tensor, valid: Optional[Tensor] = None,
                tables: Optional[Tuple[Tensor, Tensor]] = None,
                out: Optional[Tensor] = None) -> Tensor:
@@ -129,14 +149,21 @@ class GradientDensity(nn.Module):
         for name, table in zip(('slot_table', 'step_table'), tables or (None, None)):
             self.register_buffer(name, None if table is None else table.to(self.edges.device),
                                  persistent=False)
+        edges = self.edges.detach().cpu()
+        self._unit_edges = (self.bins <= 253 and float(edges[-1]) > 1.0 and torch.equal(
+            edges[:-1], torch.arange(self.bins, dtype=torch.float32) / self.bins))
 
     @property
     def slot_tables(self) -> Optional[Tuple[Tensor, Tensor]]:
         return None if self.slot_table is None else (self.slot_table, self.step_table)
 
     def slot_index(self, g: Tensor, valid: Optional[Tensor] = None,
-                   out: Optional[Tensor] = None) -> Tensor:
-        """Slots of gradient norms g >= 0 (see :func:`slot_index`)."""
+                   out: Optional[Tensor] = None, finite_unit: bool = False) -> Tensor:
+        """Slots of gradient norms g >= 0 (see :func:`slot_index`). ``finite_unit=True`` promises
+        g in [0, 1] without NaN (the caller checks): with mmdet's edges the slots then come from
+        :func:`unit_interval_slots`, without a lookup."""
+        if finite_unit and self._unit_edges and g.device.type == 'cpu' and valid is None:
+            return unit_interval_slots(g, self.bins, out)
         return slot_index(g, self.edges, valid, self.slot_tables, out)
 
     @property

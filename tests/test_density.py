@@ -40,6 +40,35 @@ def test_slot_index_matches_mmdet_edges_bit_for_bit(bins, last_edge):
     assert torch.equal(slot_index(g, density.edges), reference)  # binary search
 
 
+@pytest.mark.parametrize('bins', list(range(1, 65)) + [100, 127, 200, 253])
+@pytest.mark.parametrize('last_edge', [1.0 + 1e-6, 1e3])
+def test_unit_interval_slots_match_mmdet_edges_bit_for_bit(bins, last_edge):
+    """The lookup-free binning of g in [0, 1] (the CPU GHM-C passes): every float within 1000
+    ulps of every edge and of 1, and random values."""
+    density = GradientDensity(bins, last_edge=last_edge)
+    assert density._unit_edges
+    bits = density.edges[:-1].view(torch.int32).long()[:, None] + torch.arange(-1000, 1001)
+    bits = torch.cat([bits.view(-1), 0x3F800000 + torch.arange(-1000, 1)])
+    g = bits[(bits >= 0) & (bits <= 0x3F800000)].to(torch.int32).view(torch.float32)
+    g = torch.cat([g, torch.rand(20000), torch.tensor([0.0, -0.0, 1.0])])
+    reference = _reference_slots(g, density.edges)
+    slots = density.slot_index(g, finite_unit=True)
+    assert slots.dtype == torch.uint8 and torch.equal(slots.long(), reference)
+    out = torch.empty(g.shape, dtype=torch.uint8)
+    assert density.slot_index(g, out=out, finite_unit=True) is out and torch.equal(out, slots)
+
+
+def test_unit_interval_slots_only_for_mmdet_edges():
+    assert not GradientDensity(254)._unit_edges  # no uint8 slots
+    density = GradientDensity(10)
+    density.edges[3] += 0.01  # edges that are not i / bins (a hand-edited checkpoint)
+    density._set_slot_tables()
+    assert not density._unit_edges
+    g = torch.tensor([0.3, 0.305, 0.31, 0.5])
+    assert torch.equal(density.slot_index(g, finite_unit=True).long(),
+                       _reference_slots(g, density.edges))
+
+
 def test_slot_index_invalid_elements_go_to_slot_zero():
     g = torch.rand(6, 5)
     valid = torch.rand(6, 1) > 0.5

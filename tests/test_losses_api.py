@@ -51,10 +51,14 @@ def test_soft_targets_use_g_equal_abs_sigmoid_minus_target():
 def test_reduction_sum_is_mean_times_normalizer():
     pred, labels = _cls()
     w = (torch.rand(60) > 0.5).float()
-    mean = GHMC(10)(pred, labels, w)
-    total = GHMC(10, reduction='sum')(pred, labels, w)
+    p_mean, p_sum = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    mean = GHMC(10)(p_mean, labels, w)
+    total = GHMC(10, reduction='sum')(p_sum, labels, w)
     tot = w.sum() * 7
     torch.testing.assert_close(total, mean * tot, rtol=1e-5, atol=0)
+    mean.backward()
+    total.backward()
+    torch.testing.assert_close(p_sum.grad, p_mean.grad * tot, rtol=1e-5, atol=1e-7)
     pred, target = torch.randn(30, 4), torch.randn(30, 4)
     mean = GHMR()(pred, target, reduction_override='mean')
     total = GHMR()(pred, target, reduction_override='sum')

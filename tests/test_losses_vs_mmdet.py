@@ -140,3 +140,49 @@ def test_label_weight_values_only_mark_validity_in_ghmc():
     a = GHMC(10)(pred, labels, w)
     b = GHMC(10)(pred, labels, (w > 0).float())
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('targets', ['labels', 'onehot'])
+def test_ghmc_gradient_for_any_grad_out(targets):
+    """The CPU passes form the gradient for grad_out == 1 in the forward; any other grad_out (a
+    scaled loss, a second backward through a retained graph) gets mmdet's gradient all the same,
+    and a call under no_grad gives the same loss."""
+    ours, ref, no_grad_twin = GHMC(30, 0.75), MMDetGHMC(30, 0.75), GHMC(30, 0.75)
+    for step, scale in enumerate([1.0, 2.5, 1.0, -0.125]):
+        pred, labels, label_weight = _cls_inputs(3001, 9, ignore=0.1)
+        onehot = _onehot(labels, 9)
+        target, weight = ((labels, label_weight) if targets == 'labels'
+                          else (onehot, label_weight[:, None].expand(3001, 9)))
+        with torch.no_grad():
+            no_grad_loss = no_grad_twin(pred, target, weight)
+        p, r = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+        loss = ours(p, target, weight)
+        ref_loss = ref(r, onehot, label_weight[:, None].expand(3001, 9))
+        assert torch.equal(loss, no_grad_loss)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+        (loss * scale).backward(retain_graph=True)
+        (ref_loss * scale).backward(retain_graph=True)
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-6, atol=0)
+        first = p.grad.clone()
+        p.grad = None
+        loss.backward()  # the retained graph again, grad_out == 1
+        r.grad = None
+        ref_loss.backward()
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-6, atol=0)
+        if scale == 1.0:
+            assert torch.equal(p.grad, first)
+        assert torch.equal(_state(ours), ref.acc_sum), step
+
+
+@pytest.mark.parametrize('bins', [126, 127, 253])
+def test_ghmc_matches_mmdet_with_many_bins(bins):
+    """Up to 126 bins the CPU passes gather the weights of two slots at once (an int16 view of
+    the uint8 slots); above, one at a time: both equal mmdet."""
+    ours, ref = GHMC(bins=bins, momentum=0.75), MMDetGHMC(bins=bins, momentum=0.75)
+    for n in (640, 333):  # an even and an odd number of elements
+        pred, labels, label_weight = _cls_inputs(n, 7, ignore=0.1)
+        loss, grad = _run(ours, pred, labels, label_weight)
+        ref_loss, ref_grad = _run(ref, pred, _onehot(labels, 7), label_weight[:, None].expand(n, 7))
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=0)
+        assert torch.equal(_state(ours), ref.acc_sum)

@@ -2,9 +2,11 @@
 
 Data path of one call: the passes object (CPU or Triton) histograms the gradient norms ->
 :class:`~mmdet_ghm.density.GradientDensity` turns the counts into a slot weight table (EMA update)
--> the passes object reduces the weighted loss. The backward pass recomputes the gradient in one
-pass, scaled per slot: nothing of N x C size is kept between forward and backward (the CPU path
-keeps one byte per element).
+-> the passes object reduces the weighted loss. The Triton backward recomputes the gradient in one
+pass, scaled per slot (nothing of N x C size is kept between forward and backward). The CPU GHM-C
+passes form the gradient in the loss pass when it is wanted (grad mode on, a summed or averaged
+loss) and hand it over if the backward's ``grad_out`` is 1, else recompute it from the kept slots
+(one byte per element).
 """
 from typing import Optional
 
@@ -30,13 +32,21 @@ def _use_triton(device: torch.device, backend: Optional[str]) -> bool:
     return backend == 'triton'
 
 
+def _grad_scale(grad_out: Tensor, loss_weight: float, divisor: Optional[Tensor]) -> Tensor:
+    """autograd's order in mmdet: ((grad_out * loss_weight) / divisor), then * weight."""
+    scale = grad_out * loss_weight
+    return scale if divisor is None else scale / divisor
+
+
 class GHMFunction(torch.autograd.Function):
     """Loss of one GHM call; ``passes`` holds the (non-differentiable) targets and weights."""
 
     @staticmethod
     def forward(ctx, pred: Tensor, passes, density: GradientDensity, tot: Optional[Tensor],
-                poison: Optional[Tensor], loss_weight: float, reduction: str) -> Tensor:
-        counts = passes.histogram()
+                poison: Optional[Tensor], loss_weight: float, reduction: str,
+                for_grad: bool = False) -> Tensor:
+        for_grad = for_grad and reduction != 'none'
+        counts = passes.histogram(for_grad=for_grad)
         passes.check_finite()
         if tot is None:  # GHM-C: the number of valid elements
             tot = (pred.numel() - counts[0]).to(torch.float32)
@@ -47,11 +57,16 @@ class GHMFunction(torch.autograd.Function):
         if reduction == 'none':
             loss = passes.loss(slot_weight, loss_weight, elementwise=True).view(pred.shape)
         else:
-            loss = passes.loss(slot_weight, loss_weight, elementwise=False)
             if reduction == 'mean':
                 # Synced over ranks, divide by the mean tot (mmdet's reduce_mean(avg_factor)):
                 # DDP's average of the gradients is then the gradient of the union's loss.
                 divisor = (tot.double() / world_size + EPS32).float()
+            grad_scale = None
+            if for_grad:  # what backward computes for grad_out == 1
+                grad_scale = _grad_scale(torch.ones((), dtype=torch.float32, device=pred.device),
+                                         loss_weight, divisor)
+            loss = passes.loss(slot_weight, loss_weight, elementwise=False, grad_scale=grad_scale)
+            if divisor is not None:
                 loss = loss / divisor
             loss = loss * loss_weight
         if poison is not None:
@@ -66,12 +81,11 @@ class GHMFunction(torch.autograd.Function):
         if ctx.elementwise:
             grad = ctx.passes.grad(ctx.slot_weight, grad_out, ctx.loss_weight)
         else:
-            # autograd's order in mmdet: ((grad_out * loss_weight) / divisor) * weight
-            scale = grad_out.float() * ctx.loss_weight
-            if ctx.divisor is not None:
-                scale = scale / ctx.divisor
-            grad = ctx.passes.grad(scale * ctx.slot_weight, None, ctx.loss_weight)
-        return grad.view(ctx.pred_shape), None, None, None, None, None, None
+            grad = ctx.passes.take_grad(grad_out)
+            if grad is None:
+                scale = _grad_scale(grad_out.float(), ctx.loss_weight, ctx.divisor)
+                grad = ctx.passes.grad(scale * ctx.slot_weight, None, ctx.loss_weight)
+        return grad.view(ctx.pred_shape), None, None, None, None, None, None, None
 
 
 def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
@@ -97,7 +111,9 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
     else:
         passes_cls = ClassificationCPU
     passes = passes_cls(pred, labels, target, weight, density)
-    return GHMFunction.apply(pred, passes, density, None, poison, loss_weight, reduction)
+    for_grad = pred.requires_grad and torch.is_grad_enabled()
+    return GHMFunction.apply(pred, passes, density, None, poison, loss_weight, reduction,
+                             for_grad)
 
 
 def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: GradientDensity,

@@ -66,19 +66,25 @@ class ClassificationTriton:
         """No check on the device (it would sync): NaN gradient norms are left out of the
         counts, so a NaN loss never poisons the EMA state."""
 
-    def histogram(self) -> Tensor:
+    def histogram(self, for_grad: bool = False) -> Tensor:
+        """``for_grad`` is for the CPU passes; here the backward kernel forms the gradient."""
         counts = torch.zeros(self.bins + 2, dtype=torch.int64, device=self.pred.device)
         K.ghmc_histogram_kernel[_grid(self.numel)](
             *self._inputs(), self.edges, counts, self.numel, self.C,
             SLOTS_P2=_slots_p2(self.bins), **self._modes())
         return counts
 
-    def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool) -> Tensor:
+    def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool,
+             grad_scale: Optional[Tensor] = None) -> Tensor:
         grid, out = _loss_output(self.pred, elementwise)
         K.ghmc_loss_kernel[grid](
             *self._inputs(), self.edges, slot_weight, out, float(loss_weight), self.numel, self.C,
             ELEMENTWISE=elementwise, **self._modes())
         return _finish_loss(out, elementwise)
+
+    def take_grad(self, grad_out: Tensor) -> None:
+        """Nothing is formed ahead: the backward pass calls :meth:`grad`."""
+        return None
 
     def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
         grad = torch.empty_like(self.pred)
@@ -110,15 +116,17 @@ class RegressionTriton:
                     num_warps=NUM_WARPS)
 
     check_finite = ClassificationTriton.check_finite
+    take_grad = ClassificationTriton.take_grad
 
-    def histogram(self) -> Tensor:
+    def histogram(self, for_grad: bool = False) -> Tensor:
         counts = torch.zeros(self.bins + 2, dtype=torch.int64, device=self.pred.device)
         K.ghmr_histogram_kernel[_grid(self.numel)](
             *self._inputs(), self.edges, counts, self.mu_sq, self.numel,
             SLOTS_P2=_slots_p2(self.bins), **self._modes())
         return counts
 
-    def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool) -> Tensor:
+    def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool,
+             grad_scale: Optional[Tensor] = None) -> Tensor:
         grid, out = _loss_output(self.pred, elementwise)
         K.ghmr_loss_kernel[grid](
             *self._inputs(), self.edges, slot_weight, out, self.mu, self.mu_sq, float(loss_weight),
