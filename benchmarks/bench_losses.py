@@ -1,7 +1,7 @@
 """Side-by-side benchmark: mmdet_ghm's GHMC/GHMR vs mmdet's GHMC/GHMR vs plain losses.
 
 Forward + backward time (median over interleaved rounds; in each round every method is timed on
-its second call in a row) and extra peak memory of one forward + backward, at RetinaNet scale:
+its second call in a row, with Python's garbage collector paused as timeit does) and extra peak memory of one forward + backward, at RetinaNet scale:
 50k anchors x 80 classes (GHM-C: bins 30, momentum 0.75) and 50k x 4 box deltas (GHM-R: mu 0.02,
 bins 10, momentum 0.7). On CPU (2 threads by default) and, where a GPU is present, on CUDA (there
 with a fused focal loss as the reference too).
@@ -13,6 +13,7 @@ on CPU from the profiler's allocation/free events (RSS would measure malloc's ar
 instead), on CUDA torch.cuda.max_memory_allocated. The gradient itself counts for every method.
 """
 import argparse
+import gc
 import statistics
 import time
 
@@ -126,18 +127,28 @@ def time_all(device, rounds):
         for _ in range(2):
             fwd_bwd(fn, pred)
     sync(device)
-    for _ in range(rounds):  # interleaved, so machine noise hits every method alike
-        for name, (pred, fn) in built.items():
-            # one untimed call first: the allocator's state is then this method's own, not what
-            # the previous method left (mmdet's GHMC frees ~80 MiB, and the next call pays the
-            # page faults of getting memory back)
-            fwd_bwd(fn, pred)
-            sync(device)
-            start = time.perf_counter()
-            fwd_bwd(fn, pred)
-            sync(device)
-            samples[name].append((time.perf_counter() - start) * 1e3)
+    gc.disable()  # as timeit does: a collection of mmdet's many objects lands on whichever call
+    try:
+        for _ in range(rounds):
+            gc.collect()
+            _time_round(built, samples, device)
+    finally:
+        gc.enable()
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def _time_round(built, samples, device):
+    """One call of every method, interleaved, so machine noise hits every method alike."""
+    for name, (pred, fn) in built.items():
+        # one untimed call first: the allocator's state is then this method's own, not what
+        # the previous method left (mmdet's GHMC frees ~80 MiB, and the next call pays the page
+        # faults of getting memory back)
+        fwd_bwd(fn, pred)
+        sync(device)
+        start = time.perf_counter()
+        fwd_bwd(fn, pred)
+        sync(device)
+        samples[name].append((time.perf_counter() - start) * 1e3)
 
 
 def peak_memory_cuda(name):
