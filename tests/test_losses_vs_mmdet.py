@@ -186,3 +186,15 @@ def test_ghmc_matches_mmdet_with_many_bins(bins):
         torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
         torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=0)
         assert torch.equal(_state(ours), ref.acc_sum)
+
+
+def test_pair_gather_equals_indexing_at_any_offset_and_size():
+    from mmdet_ghm.ops.cpu_passes import _gather_slots, _slot_pair_table
+
+    table = torch.rand(32)
+    pairs = _slot_pair_table(table)
+    slots = torch.randint(0, 32, (1001,), dtype=torch.uint8)
+    for start, stop in [(0, 1000), (0, 1001), (1, 1001), (2, 1000), (3, 3)]:
+        part = slots[start:stop]
+        assert torch.equal(_gather_slots(table, pairs, part), table[part.long()])
+    assert _slot_pair_table(torch.rand(129)) is None  # slots >= 128: one at a time

@@ -68,7 +68,7 @@ def _slot_pair_table(slot_table: Tensor) -> Optional[Tensor]:
 def _gather_slots(slot_table: Tensor, pair_table: Optional[Tensor], slots: Tensor) -> Tensor:
     """``slot_table[slots]`` (float32, slots' shape) for contiguous uint8 slots."""
     flat = slots.view(-1)
-    if pair_table is None or flat.numel() % 2:
+    if pair_table is None or flat.numel() % 2 or flat.storage_offset() % 2:
         return slot_table.index_select(0, flat.int()).view(slots.shape)
     pairs = pair_table.index_select(0, flat.view(torch.int16).int())
     return pairs.view(torch.float32).view(slots.shape)
