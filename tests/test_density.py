@@ -164,3 +164,18 @@ def test_recording_sums_the_counts_of_the_calls_it_spans():
     assert density._recorded is None
     weights = density.slot_weights(recorded)
     assert weights.shape == (10,) and (weights >= 0).all() and weights.max() > 0
+
+
+@pytest.mark.parametrize('bins', [1, 30, 62, 63, 200])
+def test_count_equals_bincount(bins):
+    """The CPU count of uint8 slots spreads the increments over histogram copies (up to 62 bins):
+    the same counts as a plain bincount, for any length and a dominant slot."""
+    density = GradientDensity(bins)
+    for n in (0, 1, 7, 1001):
+        slots = torch.randint(0, bins + 2, (n,))
+        slots[: n // 2] = 1  # most elements in one slot, as the easy negatives
+        expected = torch.bincount(slots, minlength=bins + 2)
+        for dtype in (torch.uint8, torch.int64):
+            if dtype == torch.uint8 and bins + 2 > 255:
+                continue
+            assert torch.equal(density.count(slots.to(dtype)), expected)

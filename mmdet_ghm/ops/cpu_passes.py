@@ -8,7 +8,6 @@ byte per element (the slot); GHM-C's loss pass gathers each element's weight onc
 and, in training, for the gradient formed in the same pass. Results are combined in chunk order:
 bitwise reproducible.
 """
-import functools
 import sys
 from typing import Callable, List, Optional, Tuple
 
@@ -74,27 +73,6 @@ def _gather_slots(slot_table: Tensor, pair_table: Optional[Tensor], slots: Tenso
     return pairs.view(torch.float32).view(slots.shape)
 
 
-# Most elements share a slot (easy negatives), so a plain bincount stalls on incrementing one
-# counter again and again; spreading consecutive elements over 4 copies of the histogram (slot +
-# 64 * (i % 4)) lets the increments overlap: about 30% less time for the count.
-SPREAD_COPIES, SPREAD_STRIDE = 4, 64
-
-
-@functools.lru_cache(maxsize=16)
-def _spread_offsets(numel: int) -> Tensor:
-    return ((torch.arange(numel) % SPREAD_COPIES) * SPREAD_STRIDE).to(torch.uint8)
-
-
-def _count_slots(slots: Tensor, num_slots: int) -> Tensor:
-    """int64 histogram ``(num_slots,)`` of uint8 slots."""
-    flat = slots.view(-1)
-    if num_slots > SPREAD_STRIDE:
-        return torch.bincount(flat, minlength=num_slots)
-    spread = torch.add(flat, _spread_offsets(flat.numel()))
-    counts = torch.bincount(spread, minlength=SPREAD_COPIES * SPREAD_STRIDE)
-    return counts.view(SPREAD_COPIES, SPREAD_STRIDE).sum(0)[:num_slots]
-
-
 class ClassificationCPU:
     """GHM-C on an (M, C) problem: integer ``labels`` (M,) or float ``target`` (M, C);
     ``weight`` None, per row (M,) or per element (M, C), valid where > 0.
@@ -148,8 +126,6 @@ class ClassificationCPU:
         slots = self.density.slot_index(g, out=self.slots[r0:r1], finite_unit=True)
         if self.valid is not None:
             slots.mul_(self.valid[r0:r1])
-        if slots.dtype == torch.uint8:
-            return _count_slots(slots, self.density.num_slots)
         return self.density.count(slots)
 
     def histogram(self, for_grad: bool = False) -> Tensor:
