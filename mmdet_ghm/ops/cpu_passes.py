@@ -26,9 +26,9 @@ def _map_chunks(fn: Callable[[int, int], object], rows: int, cols: int) -> List[
     return [fn(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 
-def _check_finite(loss_sums: Tensor, what: str) -> None:
-    # CPU only: the check reads a (bins + 2,) tensor; on CUDA it would be a host sync
-    if not torch.isfinite(loss_sums).all():
+def _check_finite(finite: bool, what: str) -> None:
+    # CPU only: the callers read small tensors; on CUDA that would be a host sync
+    if not finite:
         raise ValueError(f'{what} contain NaN or inf: the GHM loss would not be finite (the EMA '
                          'state is left untouched); check the model for divergence')
 
@@ -154,10 +154,7 @@ class ClassificationCPU:
             (self.pred.view(-1)[self.positives] == -float('inf')).any())
 
     def check_finite(self) -> None:
-        if not self._finite():
-            raise ValueError('pred (logits) or target contain NaN or inf: the GHM loss would not '
-                             'be finite (the EMA state is left untouched); check the model for '
-                             'divergence')
+        _check_finite(self._finite(), 'pred (logits) or target')
 
     def _correct_positives(self) -> Tensor:
         """Move each positive from the slot of g = s to that of g = 1 - s (mmdet's |s - 1|);
@@ -292,7 +289,8 @@ class RegressionCPU:
         return self.density.count(self.slots)
 
     def check_finite(self) -> None:
-        _check_finite(self.loss_sums, 'pred or target (box regressions)')
+        _check_finite(bool(torch.isfinite(self.loss_sums).all()),
+                      'pred or target (box regressions)')
 
     def _per_element(self, slot_table: Tensor) -> Tensor:
         return slot_table.index_select(0, self.slots.int()).view(self.diff.shape)
