@@ -12,9 +12,7 @@ state, bit for bit, though they trained on different images; without it they dif
 """
 import os
 import os.path as osp
-import shutil
 import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -71,14 +69,7 @@ def _config(tmp_path, sync):
     ''')
 
 
-def _mim():
-    exe = osp.join(osp.dirname(sys.executable), 'mim')
-    exe = exe if osp.isfile(exe) else shutil.which('mim')
-    assert exe, 'openmim is not installed in this environment (tools/env.sh installs it)'
-    return exe
-
-
-def _train_two_ranks(tmp_path, sync):
+def _train_two_ranks(tmp_path, sync, mim_exe):
     shim = tmp_path / 'shim'
     shim.mkdir(exist_ok=True)
     (shim / 'sitecustomize.py').write_text(SITECUSTOMIZE)
@@ -89,7 +80,7 @@ def _train_two_ranks(tmp_path, sync):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(shim), REPO] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]),
         OMP_NUM_THREADS='1')
-    cmd = [_mim(), 'train', 'mmdet', str(config), '--launcher', 'pytorch', '--gpus', '2',
+    cmd = [mim_exe, 'train', 'mmdet', str(config), '--launcher', 'pytorch', '--gpus', '2',
            '--port', str(29500 + (os.getpid() % 1000) + (7 if sync else 0)),
            '--work-dir', str(work_dir)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -101,8 +92,8 @@ def _train_two_ranks(tmp_path, sync):
 
 
 @pytest.mark.parametrize('sync', [True, False], ids=['sync', 'per-rank'])
-def test_mim_pytorch_launcher_two_ranks(tmp_path, sync):
-    rank0, rank1 = _train_two_ranks(tmp_path, sync)
+def test_mim_pytorch_launcher_two_ranks(tmp_path, sync, mim_exe):
+    rank0, rank1 = _train_two_ranks(tmp_path, sync, mim_exe)
     keys = [k for k in rank0 if k.endswith('density.acc_sum')]
     assert len(keys) == 2  # GHM-C and GHM-R
     for key in keys:

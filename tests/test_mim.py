@@ -4,7 +4,6 @@ a checkpoint is saved."""
 import glob
 import os
 import os.path as osp
-import shutil
 import subprocess
 import sys
 
@@ -20,16 +19,9 @@ SMALL_RUN = [
 ]
 
 
-def _mim():
-    exe = osp.join(osp.dirname(sys.executable), 'mim')
-    exe = exe if osp.isfile(exe) else shutil.which('mim')
-    assert exe, 'openmim is not installed in this environment (tools/env.sh installs it)'
-    return exe
-
-
-def test_mim_train_embedded_config(tmp_path):
+def test_mim_train_embedded_config(tmp_path, mim_exe):
     work_dir = tmp_path / 'work'
-    cmd = [_mim(), 'train', 'mmdet', CONFIG, '--work-dir', str(work_dir), '--cfg-options',
+    cmd = [mim_exe, 'train', 'mmdet', CONFIG, '--work-dir', str(work_dir), '--cfg-options',
            *SMALL_RUN]
     # Run from an empty directory: the config's relative data_root lands there.
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
