@@ -15,7 +15,7 @@ from torch import nn
 
 from mmdet.registry import HOOKS
 from mmdet_ghm import GHMC, GHMR, GradientDensity
-from mmdet_ghm.engine.density_hook import RECORDS_FILE, GHMDensityHook, find_densities
+from mmdet_ghm.diagnostics.density_hook import RECORDS_FILE, GHMDensityHook, find_densities
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SHAPES_GHM = osp.join(REPO, 'configs', 'retinanet_r18-tiny_fpn_ghm_shapes.py')
@@ -181,7 +181,7 @@ def test_embedded_config_few_iterations_then_plot(tmp_path, monkeypatch):
     every element of every FPN level counted once; then the plot command draws them."""
     from mmengine.runner import Runner
 
-    from mmdet_ghm.plot import main as plot_main
+    from mmdet_ghm.diagnostics.plot import main as plot_main
 
     monkeypatch.chdir(tmp_path)  # the config's relative data_root: the tiny split lands here
     cfg = Config.fromfile(SHAPES_GHM)

@@ -1,6 +1,6 @@
-"""Figures of a run's GHM density records (written by :class:`~mmdet_ghm.engine.GHMDensityHook`).
+"""Figures of a run's GHM density records (written by :class:`~mmdet_ghm.diagnostics.GHMDensityHook`).
 
-    python -m mmdet_ghm.plot WORK_DIR [--out-dir DIR] [--step N]
+    python -m mmdet_ghm.diagnostics.plot WORK_DIR [--out-dir DIR] [--step N]
 
 For every GHM loss of the run (``bbox_head.loss_cls`` for GHM-C, ``bbox_head.loss_bbox`` for GHM-R)
 it writes into ``WORK_DIR/ghm_plots/`` (or ``--out-dir``):
@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .engine.density_hook import KEY_PREFIX, RECORDS_FILE
+from .density_hook import KEY_PREFIX, RECORDS_FILE
 
 HOOK_HINT = ("add dict(type='GHMDensityHook', interval=50) to custom_hooks in the config of a "
              'model with GHMC/GHMR losses, train, then plot its work dir')
