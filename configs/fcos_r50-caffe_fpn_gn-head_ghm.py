@@ -4,8 +4,7 @@
 # valid sample, which this package's GHMC accepts (mmdet's needs label_weight).
 # GHM-R does not apply: FCOS regresses decoded boxes with an IoU loss weighted by centerness
 # (loss_bbox(pred, target, weight=..., avg_factor=...)), not the anchor deltas of GHM-R's ASL1.
-_base_ = 'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py'
-custom_imports = dict(imports=['mmdet_ghm'], allow_failed_imports=False)
+_base_ = ['mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py', './_base_/ghm_coco.py']
 
 model = dict(
     bbox_head=dict(
@@ -13,11 +12,7 @@ model = dict(
             _delete_=True, type='GHMC', bins=30, momentum=0.75, use_sigmoid=True, loss_weight=1.0)))
 # The base already clips gradients at max_norm=35, as GHM wants.
 
-data_root = 'data/coco/'
-train_dataloader = dict(dataset=dict(type='CheckedCocoDataset', data_root=data_root))
-val_dataloader = dict(dataset=dict(type='CheckedCocoDataset', data_root=data_root))
+# mmdet's COCO data (data/coco/), checked: see _base_/ghm_coco.py.
+train_dataloader = dict(dataset=dict(type='CheckedCocoDataset'))
+val_dataloader = dict(dataset=dict(type='CheckedCocoDataset'))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
-test_evaluator = val_evaluator
-
-custom_hooks = [dict(type='GHMCheckHook'), dict(type='WeightsOnlyCheckpointHook')]

@@ -2,10 +2,8 @@
 # (configs/ghm/retinanet_r50_fpn_ghm-1x_coco.py, box AP 37.0) with this package's losses.
 #   mim train mmdet configs/retinanet_r50_fpn_ghm.py                      # 1 GPU
 #   mim train mmdet configs/retinanet_r50_fpn_ghm.py --gpus 8 --launcher pytorch
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
-
-# Importing mmdet_ghm registers its GHMC/GHMR in place of mmdet's, plus the datasets and hook below.
-custom_imports = dict(imports=['mmdet_ghm'], allow_failed_imports=False)
+# custom_imports (mmdet_ghm) and the hooks come from ./_base_/ghm_coco.py.
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', './_base_/ghm_coco.py']
 
 model = dict(
     bbox_head=dict(
@@ -18,15 +16,7 @@ model = dict(
 # GHM's re-weighting can produce large early gradients: the zoo clips them.
 optim_wrapper = dict(clip_grad=dict(max_norm=35, norm_type=2))
 
-# COCO 2017 under data_root: annotations/instances_{train,val}2017.json, train2017/, val2017/.
-# CheckedCocoDataset is mmdet's CocoDataset plus a check that names what is missing, and where.
-data_root = 'data/coco/'
-train_dataloader = dict(dataset=dict(type='CheckedCocoDataset', data_root=data_root))
-val_dataloader = dict(dataset=dict(type='CheckedCocoDataset', data_root=data_root))
+# mmdet's COCO data (data/coco/), checked: see _base_/ghm_coco.py.
+train_dataloader = dict(dataset=dict(type='CheckedCocoDataset'))
+val_dataloader = dict(dataset=dict(type='CheckedCocoDataset'))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
-test_evaluator = val_evaluator
-
-# Stops before the first iteration on GHMC without use_sigmoid=True, or on num_classes that differ
-# from the dataset's classes.
-custom_hooks = [dict(type='GHMCheckHook'), dict(type='WeightsOnlyCheckpointHook')]
