@@ -1,6 +1,7 @@
 """GHMDensityHook: what it records (the losses' own counts, the weights against the EMA state), when
-(only on logged iterations), where (local JSON records, TensorBoard histograms, summary scalars),
-and a few real iterations of the embedded config producing records that ``mmdet_ghm.plot`` draws."""
+(only on logged iterations), where (local JSON records, TensorBoard event files read back with
+tensorboard's own reader, summary scalars), and a few real iterations of the embedded config
+producing records and TensorBoard events, which ``mmdet_ghm.plot`` draws."""
 import json
 import os.path as osp
 import uuid
@@ -34,24 +35,14 @@ class _Detector(nn.Module):
         self.bbox_head = _Head()
 
 
-class _FakeWriter:
-    """The two SummaryWriter methods the hook's TensorBoard path calls."""
-
-    def __init__(self):
-        self.histograms, self.scalars = [], []
-
-    def add_histogram_raw(self, tag, **kwargs):
-        self.histograms.append((tag, kwargs))
-
-    def add_scalar(self, tag, value, step):
-        self.scalars.append((tag, value, step))
-
-
-def _fake_tensorboard_backend(tmp_path):
-    backend = TensorboardVisBackend(save_dir=str(tmp_path / 'tb'))
-    backend._tensorboard = _FakeWriter()  # tensorboard is not installed here
-    backend._env_initialized = True
-    return backend
+def _read_events(directory):
+    """Everything TensorBoard itself reads from the event files of a directory."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(directory), size_guidance={'histograms': 0, 'scalars': 0})
+    events.Reload()
+    histograms = {tag: events.Histograms(tag) for tag in events.Tags()['histograms']}
+    scalars = {tag: events.Scalars(tag) for tag in events.Tags()['scalars']}
+    return histograms, scalars
 
 
 def _runner(model, tmp_path, backends, max_iters=100):
@@ -107,7 +98,7 @@ def test_records_only_logged_iterations_with_the_losses_own_counts(tmp_path, mon
                         lambda self: (started.append(self), original(self))[1])
     model = _Detector()
     local = LocalVisBackend(save_dir=str(tmp_path / 'vis_data'))
-    tensorboard = _fake_tensorboard_backend(tmp_path)
+    tensorboard = TensorboardVisBackend(save_dir=str(tmp_path / 'tb'))
     runner = _runner(model, tmp_path, [local, tensorboard], max_iters=10)
     hook = GHMDensityHook(interval=4)  # logs iterations 1 (first), 4, 8 and 10 (last)
     hook.before_train(runner)
@@ -149,18 +140,37 @@ def test_records_only_logged_iterations_with_the_losses_own_counts(tmp_path, mon
         assert torch.equal(torch.tensor(record['weights'], dtype=torch.float32),
                            loss.density.slot_weights(counts))
 
-    # TensorBoard: a histogram per loss and record, bucketed like the density.
-    writer = tensorboard.experiment
-    assert [tag for tag, _ in writer.histograms] == [
-        f'ghm/bbox_head.loss_{k}/gradient_norm' for _ in range(4) for k in ('cls', 'bbox')]
-    tag, hist = writer.histograms[-1]
-    assert hist['bucket_counts'] == records[-1]['ghm/bbox_head.loss_bbox']['counts']
-    assert hist['num'] == sum(hist['bucket_counts']) and hist['global_step'] == 10
-    assert len(hist['bucket_limits']) == 10 and hist['bucket_limits'][-1] == 1.0  # not GHM-R's 1e3
-    assert {t for t, _, _ in writer.scalars} == {
-        f'ghm/bbox_head.loss_{k}/{s}' for k in ('cls', 'bbox')
-        for s in ('valid', 'frac_lowest_bin', 'frac_highest_bin', 'weight_lowest_bin',
-                  'weight_highest_bin')}
+    # TensorBoard, read back with its own reader: per loss and record a histogram of g bucketed
+    # like the density, one of the harmonized weights, and the summary scalars.
+    tensorboard.close()
+    histograms, scalars = _read_events(tmp_path / 'tb')
+    assert set(histograms) == {f'ghm/bbox_head.loss_{k}/{h}' for k in ('cls', 'bbox')
+                               for h in ('gradient_norm', 'harmonized_weight')}
+    assert set(scalars) == {f'ghm/bbox_head.loss_{k}/{s}' for k in ('cls', 'bbox')
+                            for s in ('valid', 'frac_lowest_bin', 'frac_highest_bin',
+                                      'weight_lowest_bin', 'weight_highest_bin')}
+    for name in ('bbox_head.loss_cls', 'bbox_head.loss_bbox'):
+        g_events = histograms[f'ghm/{name}/gradient_norm']
+        w_events = histograms[f'ghm/{name}/harmonized_weight']
+        assert [e.step for e in g_events] == [e.step for e in w_events] == [1, 4, 8, 10]
+        for g_event, w_event, line in zip(g_events, w_events, records):
+            record = line[f'ghm/{name}']
+            g_hist, w_hist = g_event.histogram_value, w_event.histogram_value
+            assert list(g_hist.bucket) == record['counts']
+            edges = [min(e, 1.0) for e in record['edges'][1:]]  # GHM-R's 1e3 shown as 1
+            assert list(g_hist.bucket_limit) == pytest.approx(edges)
+            assert g_hist.num == w_hist.num == sum(record['counts'])
+            # every valid element at the weight of its bin
+            expected = {}
+            for count, weight in zip(record['counts'], record['weights']):
+                if count:
+                    expected[weight] = expected.get(weight, 0) + count
+            assert list(w_hist.bucket_limit) == pytest.approx(sorted(expected))
+            assert list(w_hist.bucket) == [expected[w] for w in sorted(expected)]
+            assert w_hist.sum == pytest.approx(sum(w * c for w, c in expected.items()))
+        valid = scalars[f'ghm/{name}/valid']
+        assert [(e.step, e.value) for e in valid] == [
+            (line['step'], line[f'ghm/{name}/valid']) for line in records]
 
 
 def test_model_without_ghm_records_nothing(tmp_path):
@@ -177,8 +187,9 @@ def test_model_without_ghm_records_nothing(tmp_path):
 
 
 def test_embedded_config_few_iterations_then_plot(tmp_path, monkeypatch):
-    """4 real iterations of the embedded GHM config with the hook: records of iterations 1, 2, 4,
-    every element of every FPN level counted once; then the plot command draws them."""
+    """4 real iterations of the embedded GHM config with the hook and MMEngine's TensorBoard
+    backend: records of iterations 1, 2, 4, every element of every FPN level counted once, the
+    same in TensorBoard's event files; then the plot command draws them."""
     from mmengine.runner import Runner
 
     from mmdet_ghm.diagnostics.plot import main as plot_main
@@ -197,6 +208,7 @@ def test_embedded_config_few_iterations_then_plot(tmp_path, monkeypatch):
     # MMEngine reuses a visualizer instance of the same name made by an earlier runner in this
     # process (its files then go to that run's directory): give this run its own
     cfg.visualizer.name = f'visualizer_{uuid.uuid4().hex}'
+    cfg.visualizer.vis_backends.append(dict(type='TensorboardVisBackend'))
     runner = Runner.from_cfg(cfg)
     runner.train()
 
@@ -215,6 +227,18 @@ def test_embedded_config_few_iterations_then_plot(tmp_path, monkeypatch):
         assert cls['nan'] == 0 and box['nan'] == 0
         assert sum(box['counts']) % 4 == 0 and sum(box['counts']) > 0  # 4 deltas a positive
         assert len(cls['weights']) == 30 and len(box['weights']) == 10
+
+    # TensorBoard got the same records, beside MMEngine's own training scalars.
+    histograms, scalars = _read_events(osp.join(runner.log_dir, 'vis_data'))
+    for name in ('bbox_head.loss_cls', 'bbox_head.loss_bbox'):
+        for kind in ('gradient_norm', 'harmonized_weight'):
+            assert [e.step for e in histograms[f'ghm/{name}/{kind}']] == [1, 2, 4]
+        assert [list(e.histogram_value.bucket) for e in histograms[f'ghm/{name}/gradient_norm']
+                ] == [line[f'ghm/{name}']['counts'] for line in records]
+        assert [e.value for e in scalars[f'ghm/{name}/frac_lowest_bin']] == pytest.approx(
+            [line[f'ghm/{name}/frac_lowest_bin'] for line in records])
+    assert {'loss', 'loss_cls', 'loss_bbox', 'lr'} <= set(scalars)
+    assert [e.step for e in scalars['loss']] == [2, 4]
 
     out_dir = tmp_path / 'plots'
     assert plot_main([cfg.work_dir, '--out-dir', str(out_dir)]) == 0

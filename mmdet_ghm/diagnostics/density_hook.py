@@ -15,8 +15,9 @@ It writes them through the runner's visualizer backends:
 * ``LocalVisBackend``: one JSON line per record in ``<log_dir>/vis_data/ghm_density.json`` (and, as
   MMEngine's ``add_scalars(file_path=...)`` always does, in ``scalars.json``);
   ``python -m mmdet_ghm.plot WORK_DIR`` turns them into figures;
-* ``TensorboardVisBackend`` (when tensorboard is installed): the histogram as a TensorBoard
-  histogram (Histograms / Distributions tabs, one per loss) and the summary scalars below;
+* ``TensorboardVisBackend``: per loss, two TensorBoard histograms (Histograms / Distributions
+  tabs), the gradient norms g (``ghm/<loss>/gradient_norm``) and the harmonized weights of the
+  elements (``ghm/<loss>/harmonized_weight``), and the summary scalars below;
 * any other backend: the summary scalars ``ghm/<loss>/{valid, frac_lowest_bin, frac_highest_bin,
   weight_lowest_bin, weight_highest_bin}`` (the easy examples of the lowest bin and the very hard
   ones of the highest, and the weights GHM gives them).
@@ -72,6 +73,18 @@ def describe_loss(model: torch.nn.Module, owner_path: str) -> dict:
         if isinstance(value, (int, float)):
             info[attr] = float(value)
     return info
+
+
+def _add_histogram(writer, tag: str, step: int, low: float, bucket_limits: List[float],
+                   bucket_counts: List[int], values: List[float]) -> None:
+    """A TensorBoard histogram of ``bucket_counts`` elements, bucket i holding values in
+    (limit i-1, limit i] (the first from ``low``), each counted at ``values[i]`` for the sums."""
+    used = [i for i, c in enumerate(bucket_counts) if c]
+    writer.add_histogram_raw(
+        tag, min=low, max=bucket_limits[used[-1]], num=sum(bucket_counts),
+        sum=sum(c * x for c, x in zip(bucket_counts, values)),
+        sum_squares=sum(c * x * x for c, x in zip(bucket_counts, values)),
+        bucket_limits=bucket_limits, bucket_counts=bucket_counts, global_step=step)
 
 
 def _vis_backends(visualizer) -> List:
@@ -188,25 +201,30 @@ class GHMDensityHook(Hook):
                 continue
             if isinstance(backend, TensorboardVisBackend):
                 for name, record in full.items():
-                    self._tensorboard_histogram(
-                        backend.experiment, f'{name}/gradient_norm', record, step)
+                    self._tensorboard_histograms(backend.experiment, name, record, step)
             backend.add_scalars(scalars, step=step)
 
     @staticmethod
-    def _tensorboard_histogram(writer, tag: str, record: dict, step: int) -> None:
-        counts = record['counts']
-        num = sum(counts)
-        if num == 0:
+    def _tensorboard_histograms(writer, name: str, record: dict, step: int) -> None:
+        """Two histograms of one record: the gradient norms g of the valid elements, in the
+        density's own bins (``<name>/gradient_norm``), and the harmonized weight each of those
+        elements gets (``<name>/harmonized_weight``: one bucket per distinct weight)."""
+        counts, weights = record['counts'], record['weights']
+        if sum(counts) == 0:
             return  # TensorBoard rejects an empty histogram
         # GHM-R's last edge is 1e3 (everything above 0.9): g < 1 always, so 1 bounds the display.
         edges = [min(e, 1.0) for e in record['edges']]
         centers = [(lo + hi) / 2 for lo, hi in zip(edges[:-1], edges[1:])]
         nonempty = [i for i, c in enumerate(counts) if c]
-        writer.add_histogram_raw(
-            tag, min=edges[nonempty[0]], max=edges[nonempty[-1] + 1], num=num,
-            sum=sum(c * x for c, x in zip(counts, centers)),
-            sum_squares=sum(c * x * x for c, x in zip(counts, centers)),
-            bucket_limits=edges[1:], bucket_counts=counts, global_step=step)
+        _add_histogram(writer, f'{name}/gradient_norm', step, edges[nonempty[0]],
+                       edges[1:], counts, centers)
+        # A TensorBoard bucket holds the values up to its limit: one bucket at each weight.
+        per_weight: Dict[float, int] = {}
+        for i in nonempty:
+            per_weight[weights[i]] = per_weight.get(weights[i], 0) + counts[i]
+        limits = sorted(per_weight)
+        _add_histogram(writer, f'{name}/harmonized_weight', step, limits[0], limits,
+                       [per_weight[w] for w in limits], limits)
 
     def after_train(self, runner) -> None:
         if self._recording:  # a training that stopped inside a recorded iteration
