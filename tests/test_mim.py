@@ -1,6 +1,6 @@
 """`mim train mmdet <embedded config>` and the main job in a fresh directory: the dataset is
 generated on first use through custom_imports, a few iterations train on CPU, the COCO metric runs,
-a checkpoint is saved."""
+a checkpoint is saved; the main job also draws the GHM figures of its run."""
 import glob
 import os
 import os.path as osp
@@ -39,16 +39,30 @@ def test_mim_train_embedded_config(tmp_path, mim_exe):
 
 
 def test_main_job_prints_where_things_are(tmp_path):
-    """README's main job (tools/main.sh runs this module) on a tiny split: it trains, evaluates and
-    prints the paths of the checkpoint, the log and the metrics, which exist."""
-    cmd = [sys.executable, '-m', 'mmdet_ghm.main_job', CONFIG, '--work-dir', str(tmp_path / 'work'),
-           '--target-map50', '0.7', '--cfg-options', *SMALL_RUN]
+    """README's main job (tools/main.sh runs tools/main_job.py) on a tiny split: it trains,
+    records the GHM density, evaluates, draws the gradient-norm figures of its own run and prints
+    the paths of the checkpoint, the log, the metrics and the figures, which exist; with
+    --tensorboard it also writes TensorBoard event files."""
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'main_job.py'), CONFIG,
+           '--work-dir', str(tmp_path / 'work'), '--target-map50', '0.7', '--density-interval', '2',
+           '--tensorboard', '--cfg-options', *SMALL_RUN]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     summary = proc.stdout[proc.stdout.index('=== mmdet_ghm main job'):]
-    paths = dict(line.split(':', 1) for line in summary.splitlines()
-                 if line.startswith(('checkpoint:', 'log:', 'metrics:')))
-    assert set(paths) == {'checkpoint', 'log', 'metrics'}
-    for what, value in paths.items():
+    fields = [line.split(':', 1) for line in summary.splitlines()
+              if line.startswith(('checkpoint:', 'log:', 'metrics:', 'figure:'))]
+    assert sorted({what for what, _ in fields}) == ['checkpoint', 'figure', 'log', 'metrics']
+    for what, value in fields:
         assert osp.isfile(value.split(' (')[0].strip()), (what, value)
+    figures = sorted(osp.basename(value.strip()) for what, value in fields if what == 'figure')
+    assert figures == sorted(f'{kind}_bbox_head.{loss}.png'
+                             for kind in ('gradient_norm_distribution', 'reweighted_gradient_norm')
+                             for loss in ('loss_cls', 'loss_bbox'))
     assert 'mAP@0.5:' in summary and 'target:     mAP@0.5 >= 0.7' in summary
+    # third-party deprecation notices that a user cannot act on are not shown
+    for notice in ('pkg_resources is deprecated', 'torch.meshgrid: in an upcoming release',
+                   '"FileClient" will be deprecated', '"HardDiskBackend" is the alias'):
+        assert notice not in proc.stdout + proc.stderr, notice
+    # --tensorboard: event files beside the local records, and the command to open them
+    assert glob.glob(str(tmp_path / 'work' / '*' / 'vis_data' / 'events.out.tfevents.*'))
+    assert f'tensorboard --logdir {tmp_path / "work"}' in summary

@@ -1,20 +1,47 @@
-"""README's main job: train a config with MMEngine's runner, evaluate it with the COCO metric, and
-say where the checkpoint, the log and the metrics are.
+"""The main job (``bash tools/main.sh`` runs it): train a config with MMEngine's runner, evaluate
+it with the COCO metric, record what GHM does to the gradients while training, draw it, and say
+where the checkpoint, the log, the metrics and the figures are.
 
-    python -m mmdet_ghm.main_job configs/retinanet_r18-tiny_fpn_ghm_shapes.py   # (tools/main.sh)
+    python tools/main_job.py configs/retinanet_r18-tiny_fpn_ghm_shapes.py [--tensorboard]
 
-The config's own train loop validates at its end (``val_interval == max_epochs``); this script adds
-nothing to training, it only records the metrics of that validation and reports them.
+For a config with GHM losses it adds ``GHMDensityHook`` (every ``--density-interval`` iterations,
+unless the config has one) and ends with ``python -m mmdet_ghm.plot``'s figures of this run.
+``--tensorboard`` adds MMEngine's ``TensorboardVisBackend``: the logged scalars and the GHM
+histograms then also go to TensorBoard event files in ``WORK_DIR/<timestamp>/vis_data/``.
+The config's own train loop validates at its end (``val_interval == max_epochs``); the job adds
+nothing to training but the records, it only keeps the metrics of that validation.
 """
 import argparse
 import json
+import logging
 import os.path as osp
 import sys
 import time
+import warnings
 
-from mmengine.config import Config, DictAction
-from mmengine.hooks import Hook
-from mmengine.runner import Runner
+# Deprecation notices from third-party code that a user of this job cannot act on; set before the
+# imports that emit them. Warnings about this package's own use are left alone.
+QUIET_WARNINGS = [
+    # setuptools, when mmengine imports pkg_resources
+    dict(category=UserWarning, message='pkg_resources is deprecated'),
+    # torch, when mmdet's anchor generator calls torch.meshgrid without indexing=
+    dict(category=UserWarning, message=r'torch\.meshgrid: in an upcoming release'),
+]
+for _quiet in QUIET_WARNINGS:
+    warnings.filterwarnings('ignore', **_quiet)
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+GHM_LOSSES = ('GHMC', 'GHMR')
+# The same kind of notice, logged by mmengine's logger when its hooks build a FileClient.
+QUIET_LOG_MESSAGES = ('"FileClient" will be deprecated', '"HardDiskBackend" is the alias')
+
+
+class _QuietLog(logging.Filter):
+    def filter(self, record):
+        return not str(record.msg).startswith(QUIET_LOG_MESSAGES)
 
 
 class _KeepMetrics(Hook):
@@ -33,6 +60,40 @@ def _fmt(value):
     return f'{value:.3f}' if isinstance(value, (int, float)) else str(value)
 
 
+def uses_ghm(cfg_node) -> bool:
+    """Whether a config (or a part of it) builds a GHMC/GHMR loss anywhere."""
+    if isinstance(cfg_node, dict):
+        return cfg_node.get('type') in GHM_LOSSES or any(uses_ghm(v) for v in cfg_node.values())
+    if isinstance(cfg_node, (list, tuple)):
+        return any(uses_ghm(v) for v in cfg_node)
+    return False
+
+
+def add_density_hook(cfg, interval: int) -> bool:
+    """Record the GHM density every ``interval`` iterations; returns whether the run records
+    (a GHM config that has its own GHMDensityHook keeps it)."""
+    if not uses_ghm(cfg.get('model', {})):
+        return False
+    hooks = list(cfg.get('custom_hooks') or [])
+    if any(h.get('type') == 'GHMDensityHook' for h in hooks):
+        return True
+    if interval <= 0:
+        return False
+    cfg.custom_hooks = hooks + [dict(type='GHMDensityHook', interval=interval)]
+    return True
+
+
+def add_tensorboard(cfg) -> None:
+    """MMEngine's TensorboardVisBackend beside the config's backends (mmdet's default runtime has
+    LocalVisBackend, which the density figures read)."""
+    visualizer = cfg.get('visualizer') or dict(type='Visualizer')
+    backends = list(visualizer.get('vis_backends') or [dict(type='LocalVisBackend')])
+    if not any(b.get('type') == 'TensorboardVisBackend' for b in backends):
+        backends.append(dict(type='TensorboardVisBackend'))
+    visualizer['vis_backends'] = backends
+    cfg.visualizer = visualizer
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config')
@@ -41,6 +102,12 @@ def main(argv=None):
                         help='override config entries, as in mmdet tools/train.py')
     parser.add_argument('--target-map50', type=float, default=None,
                         help='report whether bbox mAP@0.5 on the val split reaches this value')
+    parser.add_argument('--density-interval', type=int, default=25,
+                        help='record the GHM density every N iterations, then draw it '
+                             '(default: 25; 0: off)')
+    parser.add_argument('--tensorboard', action='store_true',
+                        help="also write TensorBoard event files (MMEngine's "
+                             'TensorboardVisBackend; needs the tensorboard package)')
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -48,15 +115,25 @@ def main(argv=None):
     cfg.merge_from_dict(args.cfg_options)
     cfg.work_dir = args.work_dir or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    records_density = add_density_hook(cfg, args.density_interval)
+    if args.tensorboard:
+        add_tensorboard(cfg)
     runner = Runner.from_cfg(cfg)
+    runner.logger.addFilter(_QuietLog())
     keep = _KeepMetrics()
     runner.register_hook(keep)
     runner.train()
-    minutes = (time.perf_counter() - start) / 60.0
 
     metrics = keep.metrics
     if metrics is None:  # a config whose training did not end with a validation
         metrics = runner.val()
+    figures = []
+    if records_density:
+        from mmdet_ghm.diagnostics import RECORDS_FILE
+        from mmdet_ghm.diagnostics.plot import plot_run
+        figures = plot_run(runner.work_dir, osp.join(runner.work_dir, 'ghm_plots'),
+                           records_file=osp.join(runner.log_dir, 'vis_data', RECORDS_FILE))
+    minutes = (time.perf_counter() - start) / 60.0
     metrics_path = osp.join(runner.log_dir, 'metrics.json')
     with open(metrics_path, 'w') as f:
         json.dump(dict(config=args.config, minutes=round(minutes, 2), metrics=metrics), f, indent=2)
@@ -71,7 +148,8 @@ def main(argv=None):
     lines = [
         '',
         f'=== mmdet_ghm main job: {args.config} ===',
-        f'time:       {minutes:.1f} min in all (data generation if not cached, training, eval)',
+        f'time:       {minutes:.1f} min in all (data generation if not cached, training, eval, '
+        'figures)',
         f'bbox mAP:   {_fmt(map_all)}   mAP@0.5: {_fmt(map_50)}   '
         f'mAP@0.75: {_fmt(metrics.get("coco/bbox_mAP_75"))}   (COCO metric, val split)',
     ]
@@ -84,8 +162,11 @@ def main(argv=None):
         f'checkpoint: {osp.abspath(checkpoint)}',
         f'log:        {osp.abspath(log_file)}',
         f'metrics:    {osp.abspath(metrics_path)} (and vis_data/scalars.json next to it)',
-        '',
     ]
+    lines += [f'figure:     {osp.abspath(path)}' for path in figures]
+    if args.tensorboard:
+        lines.append(f'tensorboard: tensorboard --logdir {osp.abspath(runner.work_dir)}')
+    lines.append('')
     print('\n'.join(lines), flush=True)
     return 0
 
