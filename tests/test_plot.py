@@ -17,8 +17,8 @@ from torch import nn
 from mmdet_ghm import GHMC, GHMR, GradientDensity
 from mmdet_ghm.diagnostics.density_hook import RECORDS_FILE, GHMDensityHook
 from mmdet_ghm.diagnostics.plot import (asl1_error, find_records_file, focal_gradient_norm,
-                            harmonized_gradient_norm, load_records, main, plot_run,
-                            smooth_l1_gradient_norm)
+                                        harmonized_gradient_norm, load_records, main, plot_run,
+                                        smooth_l1_gradient_norm)
 
 
 def _write_run(log_dir, iterations=6, interval=2):
