@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 # Bump STACK when a pin changes: the stamp makes a second run skip every install.
-STACK="torch==2.13.0 mmengine==0.10.7 mmcv==2.1.0 mmdet==3.3.0 triton==3.9.0 openmim==0.3.9 r4"
+STACK="torch==2.13.0 mmengine==0.10.7 mmcv==2.1.0 mmdet==3.3.0 triton==3.9.0 openmim==0.3.9 tensorboard==2.21.0 r5"
 STAMP="$VENV/.mmdet_ghm_stack"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STACK" ] && "$PY" -c "import mmdet_ghm" 2>/dev/null; then
