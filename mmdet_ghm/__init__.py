@@ -5,7 +5,7 @@ Importing the package (``custom_imports=dict(imports=['mmdet_ghm'])`` in a confi
 """
 from .density import GradientDensity
 from .losses import GHMC, GHMR
-from . import datasets, engine  # noqa: F401  (register the datasets and hooks)
+from . import datasets, engine, models  # noqa: F401  (register the datasets, hooks and heads)
 
 __version__ = '0.1.0'
 __all__ = ['GradientDensity', 'GHMC', 'GHMR', '__version__']
