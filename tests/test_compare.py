@@ -39,14 +39,28 @@ def test_default_configs_and_labels():
     assert (ghmc.loss_cls.bins, ghmc.loss_cls.momentum, ghmc.loss_cls.use_sigmoid) == \
         (30, 0.75, True)
     assert ghmc.loss_bbox.type == 'SmoothL1Loss' and ghmc.loss_bbox.beta == 0.11
+    batch = Config.fromfile(
+        osp.join(REPO, 'configs/regimes/retinanet_r18-tiny_fpn_ghmc-batch_shapes.py'))
+    assert compare_losses.describe_losses(batch) == 'GHM-C + smooth L1 (batch-wide density)'
 
 
 def test_tiny_comparison(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the configs' relative data_root: the tiny splits land here
     args = ['--configs', CE, GHMC_SL1, '--seeds', '7', '--work-dir', 'work', '--out-dir', 'out',
             '--density-interval', '1', '--cfg-options', *TINY]
+    # --max-runs 1: the first run only; the other is in the table as not run yet
+    assert compare_losses.main(args + ['--max-runs', '1']) == 0, capsys.readouterr().out[-3000:]
+    printed = capsys.readouterr().out
+    assert printed.count('[compare] train') == 1
+    report = json.loads((tmp_path / 'out' / 'loss_comparison.json').read_text())
+    assert [bool(r.get('pending')) for r in report['runs']] == [False, True]
+    assert report['summary'][1]['pending_seeds'] == [7] and report['summary'][1]['seeds'] == []
+    assert '| GHM-C + smooth L1 | 7 | not run yet |' in \
+        (tmp_path / 'out' / 'loss_comparison.md').read_text()
+
     assert compare_losses.main(args) == 0, capsys.readouterr().out[-3000:]
     printed = capsys.readouterr().out
+    assert printed.count('[compare] train') == 1 and printed.count('[compare] reuse') == 1
 
     report = json.loads((tmp_path / 'out' / 'loss_comparison.json').read_text())
     assert [r['label'] for r in report['runs']] == ['CE (sigmoid) + smooth L1', 'GHM-C + smooth L1']

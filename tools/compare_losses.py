@@ -15,8 +15,8 @@ process, evaluates each with mmdet's COCO metric on the val split and
 writes into ``--out-dir`` (default ``docs/loss_comparison``):
 
 * ``loss_comparison.md``: the table (mean and sample standard deviation over the seeds of bbox mAP,
-  mAP@0.5 and the median seconds per training iteration), the per-seed numbers, the exact command, the software
-  and machine;
+  mAP@0.5, mAP@0.75 and the median seconds per training iteration), the per-seed numbers, the
+  exact command, the software and machine;
 * ``loss_comparison.json``: the same numbers, machine-readable;
 * ``figures/<config>_seed<S>/``: the gradient-norm figures of ``python -m mmdet_ghm.plot`` for the
   first seed of every GHM run (``GHMDensityHook`` is added to those runs).

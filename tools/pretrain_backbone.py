@@ -5,8 +5,8 @@
 trains ``configs/regimes/pretrain_r18-tiny_fpn_shapes.py`` (the focal-loss tiny RetinaNet, 4 epochs,
 on a train split of generator seed 1000: other images than the comparison's train and val splits;
 about 3 minutes on 2 idle CPU cores after the split is generated) and keeps the ``backbone.*`` and
-``neck.*`` weights of its end, with the pretraining config's SHA-1 in ``meta``. A later call with the
-same config text reuses the file, as the dataset cache is reused; ``--force`` trains again. The
+``neck.*`` weights of its end, with the pretraining config's SHA-1 in ``meta``. A later call with
+the same config text reuses the file, as the dataset cache is reused; ``--force`` trains again. The
 fine-tuning configs (``configs/regimes/*-pretrained_shapes.py``) load it with ``load_from`` (the
 head's weights are not in it, so the head starts from its own initialization).
 """

@@ -8,8 +8,8 @@ Before every run it checks out the branch's latest commit into ``work_dirs/regim
 private clone) and runs that code and that queue file, so an uncommitted edit in the worktree never
 reaches a run, and a cell committed later joins the queue. Each call of compare_losses trains one
 run (``--max-runs 1``, seed by seed); its table and JSON in ``docs/experiments/<experiment>/`` are
-then committed (that path only). Runs live in ``work_dirs/regimes/<config>/seed<S>/``; a finished run
-is reused, so starting the queue again resumes it. A failed run is skipped until the next start.
+then committed (that path only). Runs live in ``work_dirs/regimes/<config>/seed<S>/``; a finished
+run is reused, so starting the queue again resumes it. A failed run is skipped until the next start.
 It ends when every cell is done (while cells wait for configs that are not committed yet, it checks
 again every few minutes).
 
