@@ -5,10 +5,11 @@
 Reads ``docs/loss_comparison/loss_comparison.json`` (the clean, per-level cells) and
 ``docs/experiments/*/loss_comparison.json`` (the queue's), and applies the decision rule fixed in
 docs/regimes.md before any run: for cells A and B, ``Δ = mean(A) - mean(B)`` of bbox mAP and
-``SE = sqrt(sd(A)²/n(A) + sd(B)²/n(B))``; "A above B" when ``Δ >= 2·SE`` and ``Δ >= threshold``,
-"A below B" when ``Δ <= -2·SE`` and ``Δ <= -threshold``, else "no measurable difference". For a
-loss to noise the cells are differences (clean - noisy) and the SE sums four terms. A comparison
-is decided only when every cell it uses has 3 seeds; otherwise it says what is missing.
+``SE = sqrt(sd(A)²/n(A) + sd(B)²/n(B))``; "A above B" when ``Δ >= 2·SE`` and
+``Δ >= threshold``, "A below B" when ``Δ <= -2·SE`` and ``Δ <= -threshold``, else "no
+measurable difference". For a loss to noise the cells are differences (clean - noisy) and the SE
+sums four terms. A comparison is decided only when every cell it uses has 3 seeds; otherwise it
+says what is missing.
 """
 import argparse
 import glob
@@ -109,7 +110,8 @@ def compare(cells, kind, stems, threshold):
 
 
 def render(cells) -> str:
-    lines = ['| cell | losses | seeds | bbox mAP | mAP@0.75 | source |', '|---|---|---|---|---|---|']
+    lines = ['| cell | losses | seeds | bbox mAP | mAP@0.75 | source |',
+             '|---|---|---|---|---|---|']
     for stem in sorted(cells):
         c = cells[stem]
         m, sd, n = _stats(c['maps'].values())
