@@ -111,6 +111,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     work_dir = osp.abspath(args.work_dir)
     snapshot = osp.join(work_dir, 'snapshot')
+    os.makedirs(work_dir, exist_ok=True)
+    with open(osp.join(work_dir, 'queue.pid'), 'w') as f:  # `kill -- -PID` stops it and its run
+        f.write(f'{os.getpid()}\n')
+    log(f'queue started, pid {os.getpid()} (process group {os.getpgrp()})')
     refresh_snapshot(snapshot)
     # Reading configs imports their custom_imports (mmdet_ghm): the snapshot's, not another copy.
     sys.path.insert(0, snapshot)
