@@ -77,17 +77,17 @@ class BatchDensityMixin:
 
     #: the loss attributes (and loss-dict keys) that are merged when they are GHM losses
     batched_losses = ('loss_cls', 'loss_bbox')
-    #: GHM losses of the head's other loss attributes cannot be merged: a config error
-    unbatchable_losses = ()
+    #: loss attribute -> why a GHM loss there cannot be merged (a config error)
+    unbatchable_losses = {}
 
     def _check_batchable(self):
-        for name in self.unbatchable_losses:
+        for name, why in self.unbatchable_losses.items():
             if isinstance(getattr(self, name, None), (GHMC, GHMR)):
                 raise ValueError(
                     f'{type(self).__name__} cannot compute `{name}` over the whole batch '
-                    f'({type(self).__mro__[2].__name__} rescales it per level after the loss '
-                    f'call); batch-wide density applies to {", ".join(self.batched_losses)}. '
-                    f'Use another `{name}` or the per-level head.')
+                    f'({why}); batch-wide density applies to '
+                    f'{", ".join(self.batched_losses)}. Use another `{name}` or the per-level '
+                    'head.')
 
     def loss_by_feat(self, *args, **kwargs) -> dict:
         names = [n for n in self.batched_losses
@@ -144,7 +144,10 @@ class BatchDensityATSSHead(BatchDensityMixin, ATSSHead):
     only ``loss_cls`` can be merged; a GHM ``loss_bbox`` is refused."""
 
     batched_losses = ('loss_cls',)
-    unbatchable_losses = ('loss_bbox', 'loss_centerness')
+    unbatchable_losses = {
+        'loss_bbox': "ATSSHead divides each level's loss_bbox by the batch's centerness sum "
+                     'after the loss call',
+        'loss_centerness': 'only loss_cls is merged and tested for ATSS'}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
