@@ -97,3 +97,31 @@ def test_tiny_comparison(tmp_path, monkeypatch, capsys):
     assert compare_losses.main(args) == 0
     printed = capsys.readouterr().out
     assert printed.count('[compare] reuse') == 2 and '[compare] train' not in printed
+
+
+def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    """A run whose config was trained up to an epoch checkpoint goes on from there; a changed
+    config never resumes from another config's checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    import argparse
+
+    from mmengine.config import DictAction
+    options = argparse.Namespace()
+    # the tiny setting with compare_losses' own checkpointing (every epoch)
+    DictAction(option_strings=[], dest='opts')(
+        None, options, [o for o in TINY if not o.startswith('default_hooks.checkpoint')])
+    run_dir = str(tmp_path / 'run')
+    # One epoch of a two-epoch run, as if it had been stopped after its first epoch.
+    path, _, _ = compare_losses.prepare_run(osp.join(REPO, CE), 3, run_dir, options.opts, 0)
+    assert Config.fromfile(path).default_hooks.checkpoint.interval == 1
+    first = compare_losses.train_one(path)
+    assert first['iterations'] == 2 and first['resumed_from_iteration'] == 0
+    assert (tmp_path / 'run' / 'last_checkpoint').is_file()
+    cfg = Config.fromfile(path)
+    cfg.train_cfg.max_epochs = 2
+    cfg.dump(path)
+    second = compare_losses.train_one(path)
+    assert second['resumed_from_iteration'] == 2 and second['iterations'] == 4
+    # prepare_run with another config text forgets the checkpoint: the next training starts at 0
+    compare_losses.prepare_run(osp.join(REPO, GHMC_SL1), 3, run_dir, options.opts, 0)
+    assert not (tmp_path / 'run' / 'last_checkpoint').exists()

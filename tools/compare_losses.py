@@ -24,6 +24,10 @@ writes into ``--out-dir`` (default ``docs/loss_comparison``):
 Runs live in ``--work-dir`` (default ``work_dirs/compare_losses/<config>/seed<S>/``) with the exact
 config each trained with. A finished run (its ``result.json``, for the same config text) is
 reused, so an interrupted comparison resumes where it stopped; ``--rerun`` trains everything again.
+Every run saves a checkpoint at the end of each epoch (only the last is kept): a run interrupted
+midway resumes from its last finished epoch when the same config is trained again (the data
+order follows the epoch; the random flips restart their stream, so a resumed run is not
+bit-identical to an uninterrupted one; ``resumed_from_iteration`` in its result says so).
 ``--max-runs N`` trains at most N runs in this call and reports the others as pending (a queue that
 commits each finished run calls it with ``--max-runs 1``).
 A failed run is reported in the table and makes the command exit with status 1 after the others ran.
@@ -76,6 +80,10 @@ def train_one(config_path: str) -> dict:
 
         def __init__(self):
             self.times, self.metrics, self._last, self._in_epoch = [], None, None, 0
+            self.start_iter = 0
+
+        def before_train(self, runner):
+            self.start_iter = runner.iter  # > 0 when the run resumed from its last epoch
 
         def before_train_epoch(self, runner):
             self._last, self._in_epoch = time.perf_counter(), 0
@@ -97,6 +105,8 @@ def train_one(config_path: str) -> dict:
             self.metrics = dict(metrics or {})
 
     cfg = Config.fromfile(config_path)
+    # An interrupted run of this config left its last epoch's checkpoint: go on from there.
+    cfg.resume = osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint'))
     start = time.perf_counter()
     runner = Runner.from_cfg(cfg)
     measure = _Measure()
@@ -109,6 +119,7 @@ def train_one(config_path: str) -> dict:
         config_sha1=_sha1(config_path),
         metrics={k: float(v) for k, v in measure.metrics.items() if isinstance(v, (int, float))},
         iterations=runner.iter,
+        resumed_from_iteration=measure.start_iter,
         # the median: a pause of the machine (another job) moves one iteration, not the figure
         sec_per_iter=statistics.median(seconds) if seconds else None,
         timed_iterations=len(seconds),
@@ -158,6 +169,9 @@ def prepare_run(config: str, seed: int, run_dir: str, cfg_options: dict,
     from mmengine.config import Config
 
     cfg = Config.fromfile(config)
+    # A checkpoint every epoch (only the last kept): an interrupted run resumes from its last epoch.
+    cfg.default_hooks.checkpoint = dict(cfg.default_hooks.get('checkpoint', {}),
+                                        type='CheckpointHook', interval=1, max_keep_ckpts=1)
     cfg.merge_from_dict(cfg_options)
     cfg.randomness = dict(cfg.get('randomness', {}), seed=seed)
     cfg.work_dir = run_dir
@@ -169,9 +183,17 @@ def prepare_run(config: str, seed: int, run_dir: str, cfg_options: dict,
     path = osp.join(run_dir, 'config.py')
     text = cfg.pretty_text
     if not osp.isfile(path) or open(path).read() != text:
+        forget_checkpoints(run_dir)  # of another config: never resume from them
         with open(path, 'w') as f:
             f.write(text)
     return path, describe_losses(cfg), ghm
+
+
+def forget_checkpoints(run_dir: str) -> None:
+    """Remove what would make the next training of ``run_dir`` resume."""
+    last = osp.join(run_dir, 'last_checkpoint')
+    if osp.isfile(last):
+        os.remove(last)
 
 
 def run_all(configs, seeds, work_dir, cfg_options, density_interval, rerun, log=print,
@@ -202,8 +224,10 @@ def run_all(configs, seeds, work_dir, cfg_options, density_interval, rerun, log=
             trained += 1
             if osp.isfile(result_path):
                 os.remove(result_path)
+            if rerun:
+                forget_checkpoints(run_dir)
             log(f'[compare] train {label}, seed {seed} -> {run_dir} (log: {run_dir}/train.log)')
-            with open(osp.join(run_dir, 'train.log'), 'w') as out:
+            with open(osp.join(run_dir, 'train.log'), 'a') as out:  # after an interrupted one
                 proc = subprocess.run(
                     [sys.executable, osp.abspath(__file__), '--train-one', path],
                     stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
@@ -300,10 +324,12 @@ def write_report(rows, runs, out_dir, command, figures) -> str:
             continue
         m = r['metrics']
         spi = r.get('sec_per_iter')
+        resumed = r.get('resumed_from_iteration') or 0
+        iterations = f'{r["iterations"]}' + (f' (resumed at {resumed})' if resumed else '')
         lines.append(f'| {r["label"]} | {r["seed"]} | {m.get("coco/bbox_mAP", float("nan")):.3f} | '
                      f'{m.get("coco/bbox_mAP_50", float("nan")):.3f} | '
                      f'{m.get("coco/bbox_mAP_75", float("nan")):.3f} | '
-                     f'{"n/a" if spi is None else f"{spi:.2f}"} | {r["iterations"]} | '
+                     f'{"n/a" if spi is None else f"{spi:.2f}"} | {iterations} | '
                      f'{r["minutes"]:.1f} |')
     if figures:
         lines += ['', 'Gradient-norm figures (`python -m mmdet_ghm.plot`, first seed of each '
