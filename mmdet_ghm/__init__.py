@@ -5,7 +5,7 @@ Importing the package (``custom_imports=dict(imports=['mmdet_ghm'])`` in a confi
 """
 from .density import GradientDensity
 from .losses import GHMC, GHMR
-from . import datasets, diagnostics, engine  # noqa: F401  (register the datasets and hooks)
+from . import datasets, diagnostics, engine, models  # noqa: F401  (register datasets, hooks, heads)
 from .version import __version__
 
 __all__ = ['GradientDensity', 'GHMC', 'GHMR', '__version__']

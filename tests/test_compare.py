@@ -39,14 +39,28 @@ def test_default_configs_and_labels():
     assert (ghmc.loss_cls.bins, ghmc.loss_cls.momentum, ghmc.loss_cls.use_sigmoid) == \
         (30, 0.75, True)
     assert ghmc.loss_bbox.type == 'SmoothL1Loss' and ghmc.loss_bbox.beta == 0.11
+    batch = Config.fromfile(
+        osp.join(REPO, 'configs/regimes/retinanet_r18-tiny_fpn_ghmc-batch_shapes.py'))
+    assert compare_losses.describe_losses(batch) == 'GHM-C + smooth L1 (batch-wide density)'
 
 
 def test_tiny_comparison(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the configs' relative data_root: the tiny splits land here
     args = ['--configs', CE, GHMC_SL1, '--seeds', '7', '--work-dir', 'work', '--out-dir', 'out',
             '--density-interval', '1', '--cfg-options', *TINY]
+    # --max-runs 1: the first run only; the other is in the table as not run yet
+    assert compare_losses.main(args + ['--max-runs', '1']) == 0, capsys.readouterr().out[-3000:]
+    printed = capsys.readouterr().out
+    assert printed.count('[compare] train') == 1
+    report = json.loads((tmp_path / 'out' / 'loss_comparison.json').read_text())
+    assert [bool(r.get('pending')) for r in report['runs']] == [False, True]
+    assert report['summary'][1]['pending_seeds'] == [7] and report['summary'][1]['seeds'] == []
+    assert '| GHM-C + smooth L1 | 7 | not run yet |' in \
+        (tmp_path / 'out' / 'loss_comparison.md').read_text()
+
     assert compare_losses.main(args) == 0, capsys.readouterr().out[-3000:]
     printed = capsys.readouterr().out
+    assert printed.count('[compare] train') == 1 and printed.count('[compare] reuse') == 1
 
     report = json.loads((tmp_path / 'out' / 'loss_comparison.json').read_text())
     assert [r['label'] for r in report['runs']] == ['CE (sigmoid) + smooth L1', 'GHM-C + smooth L1']
@@ -83,3 +97,31 @@ def test_tiny_comparison(tmp_path, monkeypatch, capsys):
     assert compare_losses.main(args) == 0
     printed = capsys.readouterr().out
     assert printed.count('[compare] reuse') == 2 and '[compare] train' not in printed
+
+
+def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    """A run whose config was trained up to an epoch checkpoint goes on from there; a changed
+    config never resumes from another config's checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    import argparse
+
+    from mmengine.config import DictAction
+    options = argparse.Namespace()
+    # the tiny setting with compare_losses' own checkpointing (every epoch)
+    DictAction(option_strings=[], dest='opts')(
+        None, options, [o for o in TINY if not o.startswith('default_hooks.checkpoint')])
+    run_dir = str(tmp_path / 'run')
+    # One epoch of a two-epoch run, as if it had been stopped after its first epoch.
+    path, _, _ = compare_losses.prepare_run(osp.join(REPO, CE), 3, run_dir, options.opts, 0)
+    assert Config.fromfile(path).default_hooks.checkpoint.interval == 1
+    first = compare_losses.train_one(path)
+    assert first['iterations'] == 2 and first['resumed_from_iteration'] == 0
+    assert (tmp_path / 'run' / 'last_checkpoint').is_file()
+    cfg = Config.fromfile(path)
+    cfg.train_cfg.max_epochs = 2
+    cfg.dump(path)
+    second = compare_losses.train_one(path)
+    assert second['resumed_from_iteration'] == 2 and second['iterations'] == 4
+    # prepare_run with another config text forgets the checkpoint: the next training starts at 0
+    compare_losses.prepare_run(osp.join(REPO, GHMC_SL1), 3, run_dir, options.opts, 0)
+    assert not (tmp_path / 'run' / 'last_checkpoint').exists()

@@ -10,12 +10,13 @@ trains the tiny RetinaNet (configs/_base_/retinanet_r18-tiny_fpn_shapes.py) with
     GHM-C + GHM-R               configs/retinanet_r18-tiny_fpn_ghm_shapes.py
 
 for each seed (``randomness.seed``: initialization, shuffling, flips; the data are the same), one
-after another, each in its own process, evaluates each with mmdet's COCO metric on the val split and
+after another, seed by seed (every config's first seed before any second one), each in its own
+process, evaluates each with mmdet's COCO metric on the val split and
 writes into ``--out-dir`` (default ``docs/loss_comparison``):
 
 * ``loss_comparison.md``: the table (mean and sample standard deviation over the seeds of bbox mAP,
-  mAP@0.5 and the median seconds per training iteration), the per-seed numbers, the exact command, the software
-  and machine;
+  mAP@0.5, mAP@0.75 and the median seconds per training iteration), the per-seed numbers, the
+  exact command, the software and machine;
 * ``loss_comparison.json``: the same numbers, machine-readable;
 * ``figures/<config>_seed<S>/``: the gradient-norm figures of ``python -m mmdet_ghm.plot`` for the
   first seed of every GHM run (``GHMDensityHook`` is added to those runs).
@@ -23,6 +24,12 @@ writes into ``--out-dir`` (default ``docs/loss_comparison``):
 Runs live in ``--work-dir`` (default ``work_dirs/compare_losses/<config>/seed<S>/``) with the exact
 config each trained with. A finished run (its ``result.json``, for the same config text) is
 reused, so an interrupted comparison resumes where it stopped; ``--rerun`` trains everything again.
+Every run saves a checkpoint at the end of each epoch (only the last is kept): a run interrupted
+midway resumes from its last finished epoch when the same config is trained again (the data
+order follows the epoch; the random flips restart their stream, so a resumed run is not
+bit-identical to an uninterrupted one; ``resumed_from_iteration`` in its result says so).
+``--max-runs N`` trains at most N runs in this call and reports the others as pending (a queue that
+commits each finished run calls it with ``--max-runs 1``).
 A failed run is reported in the table and makes the command exit with status 1 after the others ran.
 
 About 8.5 minutes a run on 2 idle CPU cores: 12 runs take about 1 hour 45 minutes.
@@ -53,7 +60,8 @@ RESULT_FILE = 'result.json'
 #: Iterations of each epoch left out of the time per iteration (dataloader start, lazy inits);
 #: fewer in a run too short to leave any.
 WARMUP_ITERS = 3
-METRICS = (('coco/bbox_mAP', 'bbox mAP'), ('coco/bbox_mAP_50', 'mAP@0.5'))
+METRICS = (('coco/bbox_mAP', 'bbox mAP'), ('coco/bbox_mAP_50', 'mAP@0.5'),
+           ('coco/bbox_mAP_75', 'mAP@0.75'))
 
 
 # --- one training run (in its own process: `compare_losses.py --train-one CONFIG`) ---------------
@@ -72,6 +80,10 @@ def train_one(config_path: str) -> dict:
 
         def __init__(self):
             self.times, self.metrics, self._last, self._in_epoch = [], None, None, 0
+            self.start_iter = 0
+
+        def before_train(self, runner):
+            self.start_iter = runner.iter  # > 0 when the run resumed from its last epoch
 
         def before_train_epoch(self, runner):
             self._last, self._in_epoch = time.perf_counter(), 0
@@ -93,6 +105,8 @@ def train_one(config_path: str) -> dict:
             self.metrics = dict(metrics or {})
 
     cfg = Config.fromfile(config_path)
+    # An interrupted run of this config left its last epoch's checkpoint: go on from there.
+    cfg.resume = osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint'))
     start = time.perf_counter()
     runner = Runner.from_cfg(cfg)
     measure = _Measure()
@@ -105,6 +119,7 @@ def train_one(config_path: str) -> dict:
         config_sha1=_sha1(config_path),
         metrics={k: float(v) for k, v in measure.metrics.items() if isinstance(v, (int, float))},
         iterations=runner.iter,
+        resumed_from_iteration=measure.start_iter,
         # the median: a pause of the machine (another job) moves one iteration, not the figure
         sec_per_iter=statistics.median(seconds) if seconds else None,
         timed_iterations=len(seconds),
@@ -143,7 +158,9 @@ def describe_losses(cfg) -> str:
         cls_name = 'CE (sigmoid)' if cls.get('use_sigmoid') else 'CE (softmax)'
     box_name = {'GHMR': 'GHM-R', 'SmoothL1Loss': 'smooth L1', 'L1Loss': 'L1'}.get(box.type,
                                                                                  box.type)
-    return f'{cls_name} + {box_name}'
+    scope = ' (batch-wide density)' if str(head.get('type', '')).startswith('BatchDensity') \
+        else ''
+    return f'{cls_name} + {box_name}{scope}'
 
 
 def prepare_run(config: str, seed: int, run_dir: str, cfg_options: dict,
@@ -152,6 +169,9 @@ def prepare_run(config: str, seed: int, run_dir: str, cfg_options: dict,
     from mmengine.config import Config
 
     cfg = Config.fromfile(config)
+    # A checkpoint every epoch (only the last kept): an interrupted run resumes from its last epoch.
+    cfg.default_hooks.checkpoint = dict(cfg.default_hooks.get('checkpoint', {}),
+                                        type='CheckpointHook', interval=1, max_keep_ckpts=1)
     cfg.merge_from_dict(cfg_options)
     cfg.randomness = dict(cfg.get('randomness', {}), seed=seed)
     cfg.work_dir = run_dir
@@ -163,47 +183,65 @@ def prepare_run(config: str, seed: int, run_dir: str, cfg_options: dict,
     path = osp.join(run_dir, 'config.py')
     text = cfg.pretty_text
     if not osp.isfile(path) or open(path).read() != text:
+        forget_checkpoints(run_dir)  # of another config: never resume from them
         with open(path, 'w') as f:
             f.write(text)
     return path, describe_losses(cfg), ghm
 
 
-def run_all(configs, seeds, work_dir, cfg_options, density_interval, rerun, log=print):
-    """Train every (config, seed) that has no up-to-date result; returns one dict per run."""
-    runs = []
-    for config in configs:
-        stem = osp.splitext(osp.basename(config))[0]
-        for seed in seeds:
+def forget_checkpoints(run_dir: str) -> None:
+    """Remove what would make the next training of ``run_dir`` resume."""
+    last = osp.join(run_dir, 'last_checkpoint')
+    if osp.isfile(last):
+        os.remove(last)
+
+
+def run_all(configs, seeds, work_dir, cfg_options, density_interval, rerun, log=print,
+            max_runs=None):
+    """Train every (config, seed) that has no up-to-date result, seed by seed, at most
+    ``max_runs`` of them (the others are returned as ``pending``); returns one dict per run, in
+    config order."""
+    runs, trained = {}, 0
+    for seed in seeds:
+        for index, config in enumerate(configs):
+            stem = osp.splitext(osp.basename(config))[0]
             run_dir = osp.abspath(osp.join(work_dir, stem, f'seed{seed}'))
             path, label, ghm = prepare_run(config, seed, run_dir, cfg_options, density_interval)
             run = dict(config=_display_path(config), stem=stem, label=label, seed=seed,
                        run_dir=run_dir, ghm=ghm)
+            key = (index, seed)
             result_path = osp.join(run_dir, RESULT_FILE)
             if not rerun and osp.isfile(result_path):
                 result = json.load(open(result_path))
                 if result.get('config_sha1') == _sha1(path):
                     log(f'[compare] reuse {label}, seed {seed}: {result_path}')
-                    runs.append(dict(run, **result))
+                    runs[key] = dict(run, **result)
                     continue
                 log(f'[compare] {label}, seed {seed}: config changed since the last run, rerunning')
+            if max_runs is not None and trained >= max_runs:
+                runs[key] = dict(run, pending=True)
+                continue
+            trained += 1
             if osp.isfile(result_path):
                 os.remove(result_path)
+            if rerun:
+                forget_checkpoints(run_dir)
             log(f'[compare] train {label}, seed {seed} -> {run_dir} (log: {run_dir}/train.log)')
-            with open(osp.join(run_dir, 'train.log'), 'w') as out:
+            with open(osp.join(run_dir, 'train.log'), 'a') as out:  # after an interrupted one
                 proc = subprocess.run(
                     [sys.executable, osp.abspath(__file__), '--train-one', path],
                     stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
             if proc.returncode != 0 or not osp.isfile(result_path):
                 log(f'[compare] FAILED {label}, seed {seed} (exit {proc.returncode}): see '
                     f'{run_dir}/train.log')
-                runs.append(dict(run, failed=True))
+                runs[key] = dict(run, failed=True)
                 continue
             result = json.load(open(result_path))
             log(f'[compare] done {label}, seed {seed}: mAP {result["metrics"].get("coco/bbox_mAP")}'
                 f', mAP@0.5 {result["metrics"].get("coco/bbox_mAP_50")}, '
                 f'{result["minutes"]:.1f} min')
-            runs.append(dict(run, **result))
-    return runs
+            runs[key] = dict(run, **result)
+    return [runs[key] for key in sorted(runs)]
 
 
 def _mean_std(values):
@@ -218,10 +256,11 @@ def summarize(runs) -> list:
     rows = []
     for stem in dict.fromkeys(r['stem'] for r in runs):
         mine = [r for r in runs if r['stem'] == stem]
-        done = [r for r in mine if not r.get('failed')]
+        done = [r for r in mine if not r.get('failed') and not r.get('pending')]
         row = dict(config=mine[0]['config'], label=mine[0]['label'],
-                   seeds=[r['seed'] for r in done], failed_seeds=[r['seed'] for r in mine
-                                                                   if r.get('failed')])
+                   seeds=[r['seed'] for r in done],
+                   failed_seeds=[r['seed'] for r in mine if r.get('failed')],
+                   pending_seeds=[r['seed'] for r in mine if r.get('pending')])
         for key, _ in METRICS:
             row[key] = _mean_std([r['metrics'].get(key) for r in done])
         row['sec_per_iter'] = _mean_std([r.get('sec_per_iter') for r in done])
@@ -264,27 +303,33 @@ def write_report(rows, runs, out_dir, command, figures) -> str:
         f'iterations (data loading included; the first {WARMUP_ITERS} of each epoch left out when '
         'the epoch is longer).',
         '',
-        '| losses | config | seeds | bbox mAP | mAP@0.5 | s / iteration |',
-        '|---|---|---|---|---|---|',
+        '| losses | config | seeds | bbox mAP | mAP@0.5 | mAP@0.75 | s / iteration |',
+        '|---|---|---|---|---|---|---|',
     ]
     for row in rows:
         seeds = ', '.join(map(str, row['seeds'])) or 'none'
         if row['failed_seeds']:
             seeds += ' (failed: ' + ', '.join(map(str, row['failed_seeds'])) + ')'
+        if row['pending_seeds']:
+            seeds += ' (not run yet: ' + ', '.join(map(str, row['pending_seeds'])) + ')'
         lines.append(f'| {row["label"]} | `{row["config"]}` | {seeds} | '
                      f'{_fmt(row["coco/bbox_mAP"])} | {_fmt(row["coco/bbox_mAP_50"])} | '
-                     f'{_fmt(row["sec_per_iter"], 2)} |')
-    lines += ['', 'Per run:', '', '| losses | seed | bbox mAP | mAP@0.5 | s / iteration | '
-              'iterations | minutes |', '|---|---|---|---|---|---|---|']
+                     f'{_fmt(row["coco/bbox_mAP_75"])} | {_fmt(row["sec_per_iter"], 2)} |')
+    lines += ['', 'Per run:', '', '| losses | seed | bbox mAP | mAP@0.5 | mAP@0.75 | '
+              's / iteration | iterations | minutes |', '|---|---|---|---|---|---|---|---|']
     for r in runs:
-        if r.get('failed'):
-            lines.append(f'| {r["label"]} | {r["seed"]} | failed | | | | |')
+        if r.get('failed') or r.get('pending'):
+            lines.append(f'| {r["label"]} | {r["seed"]} | '
+                         f'{"failed" if r.get("failed") else "not run yet"} | | | | | |')
             continue
         m = r['metrics']
         spi = r.get('sec_per_iter')
+        resumed = r.get('resumed_from_iteration') or 0
+        iterations = f'{r["iterations"]}' + (f' (resumed at {resumed})' if resumed else '')
         lines.append(f'| {r["label"]} | {r["seed"]} | {m.get("coco/bbox_mAP", float("nan")):.3f} | '
                      f'{m.get("coco/bbox_mAP_50", float("nan")):.3f} | '
-                     f'{"n/a" if spi is None else f"{spi:.2f}"} | {r["iterations"]} | '
+                     f'{m.get("coco/bbox_mAP_75", float("nan")):.3f} | '
+                     f'{"n/a" if spi is None else f"{spi:.2f}"} | {iterations} | '
                      f'{r["minutes"]:.1f} |')
     if figures:
         lines += ['', 'Gradient-norm figures (`python -m mmdet_ghm.plot`, first seed of each '
@@ -310,7 +355,7 @@ def plot_figures(runs, out_dir, log=print) -> list:
 
     written, seen = [], set()
     for r in runs:
-        if not r['ghm'] or r.get('failed') or r['stem'] in seen:
+        if not r['ghm'] or r.get('failed') or r.get('pending') or r['stem'] in seen:
             continue
         seen.add(r['stem'])
         try:
@@ -337,6 +382,9 @@ def main(argv=None) -> int:
                         help='GHMDensityHook interval in the GHM runs (0: no hook, no figures)')
     parser.add_argument('--rerun', action='store_true',
                         help='train again even where a result exists')
+    parser.add_argument('--max-runs', type=int, default=None, metavar='N',
+                        help='train at most N runs in this call; the others are reported as '
+                             'not run yet (default: all)')
     parser.add_argument('--train-one', metavar='CONFIG', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -358,7 +406,10 @@ def main(argv=None) -> int:
     command = shlex.join(['python', 'tools/compare_losses.py']
                          + list(sys.argv[1:] if argv is None else argv))
 
-    runs = run_all(configs, args.seeds, args.work_dir, options, args.density_interval, args.rerun)
+    if args.max_runs is not None and args.max_runs < 0:
+        parser.error(f'--max-runs must be >= 0, got {args.max_runs}')
+    runs = run_all(configs, args.seeds, args.work_dir, options, args.density_interval, args.rerun,
+                   max_runs=args.max_runs)
     figures = plot_figures(runs, args.out_dir)
     md = write_report(summarize(runs), runs, args.out_dir, command, figures)
     print(open(md).read())
