@@ -50,6 +50,10 @@ GHM_DOES_NOT_APPLY = {
         "besides the loss, it calls loss_cls with reduction_override='none' per image on its "
         'positive candidates to score them for the GMM re-assignment: every such call would '
         "update GHM's gradient density with a handful of positives",
+    ('FSAFHead', 'loss_cls'):
+        "it picks each object's FPN level by comparing its per-anchor losses across levels "
+        "(online feature selection), and GHM's weights are normalized per call, that is per "
+        "level, by the level's element count: the comparison would favour the coarse levels",
     ('PAAHead', 'loss_bbox'):
         "besides the loss, it calls loss_bbox with reduction_override='none' per image to "
         "score positive candidates for the GMM re-assignment, which would update GHM's density",
@@ -69,9 +73,6 @@ HEAD_NORMALIZES = {
         ('sum', 'calls it with avg_factor=1.0 and divides by the number of positives'),
     ('RTMDetHead', 'loss_cls'):
         ('sum', 'calls it with avg_factor=1.0 and divides by the sum of its assignment metrics'),
-    ('FSAFHead', 'loss_cls'):
-        ('none', "takes per-element losses to select each object's best level, then divides "
-                 'their sum by the number of positives'),
 }
 
 
