@@ -6,7 +6,7 @@ signatures and numbers), built on one :class:`~mmdet_ghm.density.GradientDensity
 work, ``avg_factor`` is accepted by both, ``reduction='sum'`` works, fp16/bf16 predictions are
 computed in float32, CUDA tensors run fused Triton kernels, and nothing syncs with the device.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -45,9 +45,57 @@ def _check_label_weight(label_weight, pred: Tensor, row_shape) -> Optional[Tenso
     if label_weight.shape == pred.shape or (row_shape is not None
                                             and label_weight.shape == row_shape):
         return label_weight
-    allowed = f'{tuple(pred.shape)}' + ('' if row_shape is None else f' or {tuple(row_shape)}')
-    raise ValueError(f'label_weight must have shape {allowed} (or be None), '
-                     f'got {tuple(label_weight.shape)}')
+    # mmdet's weight conventions (FocalLoss, CrossEntropyLoss): a trailing 1 broadcasts over the
+    # classes (YOLOv3's (B, M, 1) masks); as many elements as pred is pred's layout (FSAF).
+    if row_shape is not None and label_weight.shape == (*row_shape, 1):
+        return label_weight.reshape(row_shape)
+    if label_weight.numel() == pred.numel() and pred.dim() > 0:
+        return label_weight.reshape(pred.shape)
+    allowed = f'{tuple(pred.shape)}' + ('' if row_shape is None else
+                                        f', {tuple(row_shape)} or {(*row_shape, 1)}')
+    raise ValueError(f'label_weight must have shape {allowed}, as many elements as pred '
+                     f'(or be None), got {tuple(label_weight.shape)}')
+
+
+def _check_labels(labels: Tensor, num_classes: int, device: torch.device) -> Optional[Tensor]:
+    """Raise on CPU for labels outside [0, C]; on CUDA (where checking would sync) return the
+    0-dim bool that makes the loss NaN and keeps the state."""
+    out_of_range = ((labels < 0) | (labels > num_classes)).any()
+    if device.type != 'cpu':
+        return out_of_range
+    if out_of_range:
+        raise ValueError(f'labels must lie in [0, {num_classes}] ({num_classes} = background), '
+                         'got values outside')
+    return None
+
+
+def _quality_target(pred: Tensor, target) -> Tuple[Tensor, Optional[Tensor]]:
+    """A Quality Focal Loss target ``(labels (N,), scores (N,))`` (GFL, TOOD, RTMDet, LD) as the
+    float target it stands for: ``scores`` at each labelled class, 0 elsewhere (and on background
+    rows), which is QFL's own BCE target. Scores must be probabilities in [0, 1]."""
+    labels, scores = target
+    if (pred.dim() != 2 or torch.is_floating_point(labels) or labels.dtype == torch.bool
+            or labels.shape != pred.shape[:1] or scores.shape != pred.shape[:1]):
+        raise ValueError(
+            'a (labels, scores) target needs pred (N, C), integer labels (N,) and scores (N,), '
+            f'got pred {tuple(pred.shape)}, labels {labels.dtype} {tuple(labels.shape)}, '
+            f'scores {tuple(scores.shape)}')
+    _check_float_tensor('scores', scores, 'quality scores')
+    _check_same_device(pred, labels=labels, scores=scores)
+    num_classes = pred.shape[1]
+    poison = _check_labels(labels, num_classes, pred.device)
+    not_probability = ((scores < 0) | (scores > 1) | scores.isnan()).any()
+    if pred.device.type == 'cpu':
+        if not_probability:
+            raise ValueError(
+                'quality scores must be probabilities in [0, 1] to be BCE targets for GHM-C, got '
+                f'values in [{float(scores.min())}, {float(scores.max())}]')
+    else:
+        poison = not_probability if poison is None else poison | not_probability
+    soft_target = torch.zeros(pred.shape, dtype=torch.float32, device=pred.device)
+    rows = ((labels >= 0) & (labels < num_classes)).nonzero(as_tuple=True)[0]
+    soft_target[rows, labels[rows]] = scores[rows].float()
+    return soft_target, poison
 
 
 class _GHMLoss(nn.Module):
@@ -118,31 +166,46 @@ class GHMC(_GHMLoss):
                          sync_across_ranks)
         self.use_sigmoid = True
 
-    def forward(self, pred: Tensor, target: Tensor, label_weight: Optional[Tensor] = None,
-                reduction_override: Optional[str] = None, avg_factor=None, **kwargs) -> Tensor:
+    def forward(self, pred: Tensor, target, label_weight: Optional[Tensor] = None,
+                reduction_override: Optional[str] = None, avg_factor=None,
+                weight: Optional[Tensor] = None, **kwargs) -> Tensor:
         """GHM-C loss.
 
         Args:
             pred: (N, C) logits (any floating dtype; computed in float32), or any shape with a
                 float ``target`` of the same shape.
-            target: integer labels (N,) in [0, C], C meaning background (mmdet's convention), or
-                float (soft) targets in [0, 1] of pred's shape.
-            label_weight: None (all valid), (N,) per anchor, or pred's shape; an element is
-                valid where its weight is > 0 (the values are not used otherwise, as in mmdet).
+            target: integer labels (N,) in [0, C], C meaning background (mmdet's convention),
+                float (soft) targets in [0, 1] of pred's shape, or a Quality Focal Loss tuple
+                ``(labels (N,), scores (N,))``: the float target ``scores`` at each labelled
+                class and 0 elsewhere (scores must lie in [0, 1]).
+            label_weight: None (all valid), (N,) per anchor (or (N, 1)), pred's shape, or as
+                many elements as pred (mmdet's weight conventions); an element is valid where
+                its weight is > 0 (the values are not used otherwise, as in mmdet).
             reduction_override: 'none', 'mean' or 'sum'.
             avg_factor: accepted for mmdet's call sites and ignored: GHM-C normalizes by the
                 number of valid elements, as mmdet's GHMC does.
+            weight: the name mmdet's other classification losses give ``label_weight`` (GFL and
+                YOLOv3 pass ``weight=``); give one of the two.
 
         Returns:
             float32 loss: 0-dim, or pred's shape for 'none'.
         """
         reduction = self._reduction(reduction_override)
         _check_float_tensor('pred', pred, 'logits')
-        if not isinstance(target, Tensor):
-            raise ValueError(f'target must be a tensor, got {type(target).__name__}')
-        _check_same_device(pred, target=target, label_weight=label_weight)
+        if weight is not None:
+            if label_weight is not None:
+                raise ValueError('give label_weight or weight (its name in mmdet\'s other '
+                                 'losses), not both')
+            label_weight = weight
         labels = soft_target = None
         poison = None
+        if (isinstance(target, tuple) and len(target) == 2
+                and all(isinstance(t, Tensor) for t in target)):
+            target, poison = _quality_target(pred, target)
+        if not isinstance(target, Tensor):
+            raise ValueError('target must be a tensor or a (labels, scores) tuple of tensors, '
+                             f'got {type(target).__name__}')
+        _check_same_device(pred, target=target, label_weight=label_weight)
         if target.dtype == torch.bool or torch.is_floating_point(target):
             if target.shape != pred.shape:
                 raise ValueError(f'a float target must have the shape of pred {tuple(pred.shape)}, '
@@ -158,15 +221,7 @@ class GHMC(_GHMLoss):
                     f'pred {tuple(pred.shape)} and labels {tuple(target.shape)}')
             labels = target
             row_shape = target.shape
-            num_classes = pred.shape[1]
-            out_of_range = ((labels < 0) | (labels > num_classes)).any()
-            if pred.device.type == 'cpu':
-                if out_of_range:
-                    raise ValueError(f'labels must lie in [0, {num_classes}] ({num_classes} = '
-                                     'background), got values outside')
-            else:
-                # checking on the host would sync: the loss becomes NaN and the state is kept
-                poison = out_of_range
+            poison = _check_labels(labels, pred.shape[1], pred.device)
         label_weight = _check_label_weight(label_weight, pred, row_shape)
         C = pred.shape[-1] if pred.dim() > 0 else 1
         loss = ghmc_loss(

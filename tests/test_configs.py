@@ -9,6 +9,7 @@ import os.path as osp
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.logging import MessageHub
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 
@@ -78,6 +79,8 @@ def test_config_trains_one_step(path):
     data = demo_mm_inputs(batch_size=2, image_shapes=[(3, 96, 128), (3, 128, 96)],
                           num_items=[3, 1], num_classes=head.num_classes)
     before = [p.detach().clone() for p in head.parameters()]
+    # What the runner records before an iteration: YOLOX's BatchSyncRandomResize reads it.
+    MessageHub.get_current_instance().update_info('iter', 0)
     model.train()
     log_vars = model.train_step(data, optim_wrapper)
 

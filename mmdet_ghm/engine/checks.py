@@ -6,8 +6,12 @@
   ``use_sigmoid=True``) trains them as independent sigmoids: it trains, then predicts nonsense.
 * ``num_classes`` of a head that disagrees with the dataset's classes: mmdet trains on it and
   reports per-class metrics for the wrong classes (or an index error, much later).
+* A GHM loss in a dense head whose calls it cannot serve (:data:`GHM_DOES_NOT_APPLY`: the head
+  never calls that loss, passes probabilities instead of logits, or calls it for another purpose
+  too), or with ``reduction='mean'`` where the head divides the loss by a count of its own
+  afterwards (:data:`HEAD_NORMALIZES`): it would train silently on something else than GHM.
 
-:class:`GHMCheckHook` runs both checks once the runner has built the model and the dataloaders of
+:class:`GHMCheckHook` runs the checks once the runner has built the model and the dataloaders of
 the run, before the first iteration. :func:`check_detector` does the same without a runner.
 """
 from mmengine.hooks import Hook
@@ -22,6 +26,71 @@ def _ghmc_classes():
     return tuple({MODELS.get('GHMC'), MmdetGHMC} - {None})
 
 
+def _ghm_classes():
+    from mmdet.models.losses import GHMR as MmdetGHMR
+    return _ghmc_classes() + tuple({MODELS.get('GHMR'), MmdetGHMR} - {None})
+
+
+# Why a GHM loss cannot serve a head's loss attribute, by head class name (subclasses included).
+GHM_DOES_NOT_APPLY = {
+    ('FreeAnchorRetinaHead', 'loss_cls'):
+        'it never calls loss_cls: its positive/negative bag likelihoods on sigmoid scores '
+        'replace the classification loss, so a GHM-C there would be silently unused',
+    ('FreeAnchorRetinaHead', 'loss_bbox'):
+        "it calls loss_bbox with reduction_override='none' inside its positive-bag "
+        'likelihood exp(-loss), not as a regression loss to minimize',
+    ('AutoAssignHead', 'loss_cls'):
+        'it never calls loss_cls: its positive/negative bag losses on sigmoid scores weighted '
+        'by centerness priors replace the classification loss, so a GHM-C there would be '
+        'silently unused',
+    ('CenterNetUpdateHead', 'loss_cls'):
+        'it passes clamped sigmoid probabilities (not logits), Gaussian heat-map targets and '
+        'pos_inds/pos_labels of a Gaussian focal loss; GHM-C is a BCE on logits',
+    ('PAAHead', 'loss_cls'):
+        "besides the loss, it calls loss_cls with reduction_override='none' per image on its "
+        'positive candidates to score them for the GMM re-assignment: every such call would '
+        "update GHM's gradient density with a handful of positives",
+    ('FSAFHead', 'loss_cls'):
+        "it picks each object's FPN level by comparing its per-anchor losses across levels "
+        "(online feature selection), and GHM's weights are normalized per call, that is per "
+        "level, by the level's element count: the comparison would favour the coarse levels",
+    ('PAAHead', 'loss_bbox'):
+        "besides the loss, it calls loss_bbox with reduction_override='none' per image to "
+        "score positive candidates for the GMM re-assignment, which would update GHM's density",
+}
+
+# Heads that divide what a loss returns by a count of their own, and the reduction GHM must then
+# use: GHM's own normalization (reduction='mean': by the number of valid elements, or the weight
+# sum for GHM-R) would compound with the head's, so the loss would shrink with the number of
+# positives of each batch. Summed (or element-wise), GHM's weights take the place of the loss's
+# own per-element weights under the head's normalization.
+HEAD_NORMALIZES = {
+    ('YOLOXHead', 'loss_cls'): ('sum', 'divides the summed loss by the number of positives'),
+    ('YOLOXHead', 'loss_obj'): ('sum', 'divides the summed loss by the number of positives'),
+    ('TOODHead', 'loss_cls'):
+        ('sum', 'calls it with avg_factor=1.0 and divides by the sum of its alignment metrics'),
+    ('TOODHead', 'initial_loss_cls'):
+        ('sum', 'calls it with avg_factor=1.0 and divides by the number of positives'),
+    ('RTMDetHead', 'loss_cls'):
+        ('sum', 'calls it with avg_factor=1.0 and divides by the sum of its assignment metrics'),
+}
+
+
+def _lookup(table, head, attr):
+    for cls in type(head).__mro__:
+        reason = table.get((cls.__name__, attr))
+        if reason is not None:
+            return cls.__name__, reason
+    return None, None
+
+
+def _ghm_losses(head):
+    ghm = _ghm_classes()
+    for attr, module in head.named_children():
+        if isinstance(module, ghm):
+            yield attr, module
+
+
 def _heads(model):
     """(config path, module) of every dense head: the modules that own a ``loss_cls``."""
     if is_model_wrapper(model):
@@ -32,9 +101,28 @@ def _heads(model):
 
 
 def check_ghm_heads(model):
-    """Raise ``ValueError`` for a head that uses GHM-C but was built for softmax classification."""
+    """Raise ``ValueError`` for a head that uses GHM-C but was built for softmax classification,
+    uses a GHM loss where it does not apply, or with a reduction that compounds with the head's
+    own normalization."""
     ghmc = _ghmc_classes()
     for path, head in _heads(model):
+        for attr, loss in _ghm_losses(head):
+            name = type(head).__name__
+            owner, reason = _lookup(GHM_DOES_NOT_APPLY, head, attr)
+            if reason is not None:
+                kind = 'GHM-C' if isinstance(loss, ghmc) else 'GHM-R'
+                raise ValueError(
+                    f'{path}.{attr} is {type(loss).__name__}, but {kind} does not apply to '
+                    f'{name}' + ('' if owner == name else f' (a {owner})') + f': {reason}. '
+                    f'Keep mmdet\'s own {attr} for this head.')
+            owner, rule = _lookup(HEAD_NORMALIZES, head, attr)
+            if rule is not None and loss.reduction != rule[0]:
+                raise ValueError(
+                    f'{path}.{attr} is {type(loss).__name__} with reduction='
+                    f'{loss.reduction!r}, but {name} {rule[1]}: GHM\'s own normalization would '
+                    f'compound with it and shrink the loss with the number of positives. Set '
+                    f"reduction='{rule[0]}' in {path}.{attr} (GHM's weights then replace the "
+                    f'loss\'s per-element weights under the head\'s normalization).')
         if not isinstance(head.loss_cls, ghmc):
             continue
         if getattr(head, 'use_sigmoid_cls', True) is not True:
@@ -74,7 +162,8 @@ def check_detector(model, classes=None, dataset_name='dataset'):
 
 @HOOKS.register_module()
 class GHMCheckHook(Hook):
-    """Fail fast, before the first iteration, on a GHM-C head built for softmax and on
+    """Fail fast, before the first iteration, on a GHM-C head built for softmax, on a GHM loss
+    in a head where it does not apply or with a reduction the head compounds, and on
     ``num_classes`` that disagree with the dataset (see the module docstring).
 
     Add it to a config with ``custom_hooks = [dict(type='GHMCheckHook')]`` (every config of this
