@@ -105,9 +105,9 @@ def test_repr_shows_settings():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(bins=0), 'bins'), (dict(bins=3.5), 'bins'), (dict(momentum=1.0), 'momentum'),
-    (dict(momentum=-0.5), 'momentum'), (dict(use_sigmoid=False), 'use_sigmoid=True'),
-    (dict(reduction='avg'), 'reduction'),
+    (dict(bins=0), '^bins '), (dict(bins=3.5), '^bins '), (dict(momentum=1.0), '^momentum '),
+    (dict(momentum=-0.5), '^momentum '), (dict(use_sigmoid=False), '^use_sigmoid must be True'),
+    (dict(reduction='avg'), '^reduction '),
 ])
 def test_ghmc_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -115,8 +115,8 @@ def test_ghmc_bad_constructor_arguments(kwargs, match):
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(mu=0), 'mu'), (dict(mu=-1.0), 'mu'), (dict(bins=-2), 'bins'),
-    (dict(momentum=2), 'momentum'), (dict(reduction=None), 'reduction'),
+    (dict(mu=0), '^mu '), (dict(mu=-1.0), '^mu '), (dict(bins=-2), '^bins '),
+    (dict(momentum=2), '^momentum '), (dict(reduction=None), '^reduction '),
 ])
 def test_ghmr_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -124,23 +124,31 @@ def test_ghmr_bad_constructor_arguments(kwargs, match):
 
 
 def test_ghmc_bad_inputs():
+    """Every bad argument: a ValueError whose message starts with the argument's name."""
     loss = GHMC(10)
     pred, labels = _cls(8, 3)
     cases = [
-        ((pred.long(), labels), 'pred must be a floating-point'),
-        ((pred, labels[:5]), 'labels of shape'),
-        ((pred, labels + 5), r'labels must lie in \[0, 3\]'),
-        ((pred, labels - 10), r'labels must lie in \[0, 3\]'),
-        ((pred, torch.rand(8, 4)), 'float target must have the shape'),
-        ((pred, labels, torch.ones(7)), 'label_weight must have shape'),
-        ((pred, labels, torch.ones(8, 2)), 'label_weight must have shape'),
-        ((pred[0], labels), 'labels of shape'),
-        ((pred, [1, 2]), 'target must be a tensor'),
+        ((pred.long(), labels), '^pred must be a floating-point'),
+        (([0.5] * 3, labels), '^pred must be a tensor'),
+        ((pred, labels[:5]), '^target: integer labels need pred of shape'),
+        ((pred, labels + 5), r'^target: labels must lie in \[0, 3\]'),
+        ((pred, labels - 10), r'^target: labels must lie in \[0, 3\]'),
+        ((pred, labels.float()), '^target must be integer labels'),
+        ((pred, torch.rand(8, 4)), '^target must have the shape of pred'),
+        ((pred, labels, torch.ones(7)), '^label_weight must have shape'),
+        ((pred, labels, torch.ones(8, 2)), '^label_weight must have shape'),
+        ((pred, torch.rand(8, 3), torch.ones(5)), "^label_weight must have pred's shape"),
+        ((pred, labels, [1.0] * 8), '^label_weight must be a tensor, got list'),
+        ((pred, labels, torch.ones(8, dtype=torch.complex64)), '^label_weight must be a real'),
+        ((pred, labels, torch.ones(8, device='meta')), "^label_weight must be on pred's device"),
+        ((pred[0], labels), '^target must have the shape of pred'),
+        ((pred, [1, 2]), '^target must be a tensor'),
+        ((pred, (torch.rand(8, 3),)), '^target must be a tensor'),
     ]
     for args, match in cases:
         with pytest.raises(ValueError, match=match):
             loss(*args)
-    with pytest.raises(ValueError, match='reduction_override'):
+    with pytest.raises(ValueError, match='^reduction_override must be one of'):
         loss(pred, labels, reduction_override='avg')
     assert not loss.density.acc_sum.any()
 
@@ -149,11 +157,15 @@ def test_ghmr_bad_inputs():
     loss = GHMR()
     pred = torch.randn(8, 4)
     cases = [
-        ((pred.int(), pred), 'pred must be a floating-point'),
-        ((pred, pred.int()), 'target must be a floating-point'),
-        ((pred, pred[:, :2]), 'target must have the shape'),
-        ((pred, pred, torch.ones(8)), 'label_weight must have shape'),
+        ((pred.int(), pred), '^pred must be a floating-point'),
+        ((pred, pred.int()), '^target must be a floating-point'),
+        ((pred, (pred,)), '^target must be a tensor'),
+        ((pred, pred[:, :2]), '^target must have the shape'),
+        ((pred, pred, torch.ones(8)), "^label_weight must have pred's shape"),
+        ((pred, pred, [1.0]), '^label_weight must be a tensor'),
     ]
     for args, match in cases:
         with pytest.raises(ValueError, match=match):
             loss(*args)
+    with pytest.raises(ValueError, match='^reduction_override must be one of'):
+        loss(pred, pred, reduction_override=True)
