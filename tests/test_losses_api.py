@@ -98,6 +98,23 @@ def test_non_contiguous_and_expanded_inputs():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize('layout', ['transposed', 'permuted', 'channels_last'])
+def test_ghmr_strided_pred_gives_mmdets_numbers(layout):
+    from mmdet.models.losses.ghm_loss import GHMR as MMDetGHMR
+    base = torch.randn(2, 4, 3, 5) * 0.1
+    pred = {'transposed': base.reshape(8, 15).t(), 'permuted': base.permute(0, 2, 3, 1),
+            'channels_last': base.contiguous(memory_format=torch.channels_last)}[layout]
+    assert not pred.is_contiguous()
+    target, weight = torch.zeros(pred.shape), torch.ones(pred.shape)
+    ours, ref = GHMR(bins=10, momentum=0.7), MMDetGHMR(bins=10, momentum=0.7)
+    p_ours, p_ref = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    loss, ref_loss = ours(p_ours, target, weight), ref(p_ref, target, weight)
+    loss.backward(), ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=2e-5, atol=1e-7)
+    assert torch.equal(ours.acc_sum, ref.acc_sum)
+
+
 def test_repr_shows_settings():
     text = repr(GHMC(bins=30, momentum=0.75, loss_weight=2.0))
     assert 'bins=30' in text and 'momentum=0.75' in text and 'loss_weight=2.0' in text
