@@ -104,3 +104,237 @@ def test_kernel_offsets_are_int64_by_construction():
         source = inspect.getsource(kernel.fn)
         assert 'tl.program_id(0).to(tl.int64)' in source, kernel.fn.__name__
         assert 'tl.program_id(0) *' not in source, kernel.fn.__name__
+
+
+# --- issue 13: the ops layer against mmdet 3.3's GHMC / GHMR where mmdet defines the answer ---
+
+from mmdet.models.losses.ghm_loss import GHMC as MMDetGHMC  # noqa: E402
+from mmdet.models.losses.ghm_loss import GHMR as MMDetGHMR  # noqa: E402
+
+
+def _cls_problem(n=300, c=7, scale=3.0):
+    pred = torch.randn(n, c) * scale
+    labels = torch.randint(0, c + 1, (n,))
+    weight = (torch.rand(n) > 0.2).float()
+    onehot = torch.zeros(n, c)
+    pos = labels < c
+    onehot[pos.nonzero().squeeze(1), labels[pos]] = 1.0
+    return pred, labels, weight, onehot
+
+
+def _loss_and_grad(fn, pred, reduction='mean'):
+    p = pred.clone().requires_grad_()
+    loss = fn(p)
+    (loss.sum() if reduction == 'none' else loss).backward()
+    return loss.detach(), p.grad
+
+
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_float64_pred_gives_mmdets_float64_loss(reduction):
+    """model.double(): mmdet computes in float64; so do we (the loss was 4e26 instead of 4.09)."""
+    pred, labels, weight, onehot = _cls_problem()
+    density, ref = GradientDensity(30, 0.75), MMDetGHMC(30, 0.75, reduction=reduction).double()
+    for _ in range(3):
+        loss, grad = _loss_and_grad(lambda p: ghmc_loss(p, labels, None, weight, density,
+                                                        reduction=reduction), pred.double(),
+                                    reduction)
+        ref_loss, ref_grad = _loss_and_grad(
+            lambda p: ref(p, onehot.double(), weight[:, None].expand_as(onehot).double()),
+            pred.double(), reduction)
+        assert loss.dtype == grad.dtype == torch.float64
+        # mmdet's .double() also turns its EMA state to float64; ours stays float32
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=1e-12)
+        torch.testing.assert_close(density.acc_sum.double(), ref.acc_sum, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_pred_is_computed_in_float32(dtype):
+    pred, labels, weight, onehot = _cls_problem()
+    pred = pred.to(dtype)
+    density, ref = GradientDensity(30, 0.75), MMDetGHMC(30, 0.75)
+    loss, grad = _loss_and_grad(lambda p: ghmc_loss(p, labels, None, weight, density), pred)
+    ref_loss, ref_grad = _loss_and_grad(
+        lambda p: ref(p.float(), onehot, weight[:, None].expand_as(onehot)), pred)
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, ref_grad)
+    assert torch.equal(density.acc_sum, ref.acc_sum)
+
+
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_soft_targets_outside_unit_interval_are_left_out_as_in_mmdet(reduction):
+    """g = |s - t| beyond the last edge falls in no bin: not counted, weight 0 (mmdet)."""
+    pred = torch.randn(200, 5) * 2
+    target = torch.rand(200, 5) * 3 - 1  # in [-1, 2]: about half outside [0, 1]
+    weight = (torch.rand(200, 5) > 0.2).float()
+    density, ref = GradientDensity(10, 0.7), MMDetGHMC(10, 0.7, reduction=reduction)
+    for _ in range(3):
+        loss, grad = _loss_and_grad(lambda p: ghmc_loss(p, None, target, weight, density,
+                                                        reduction=reduction), pred, reduction)
+        ref_loss, ref_grad = _loss_and_grad(lambda p: ref(p, target, weight), pred, reduction)
+        torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=1e-7)
+        torch.testing.assert_close(grad, ref_grad, rtol=2e-5, atol=1e-9)
+        assert torch.equal(density.acc_sum, ref.acc_sum)
+
+
+@pytest.mark.parametrize('fn', ['cls', 'reg'])
+def test_double_backward_equals_mmdets(fn):
+    """A gradient penalty (create_graph=True) differentiates the gradient: not a silent zero."""
+    if fn == 'cls':
+        pred, labels, weight, onehot = _cls_problem()
+        ours = lambda p, d: ghmc_loss(p, labels, None, weight, d)  # noqa: E731
+        ref = MMDetGHMC(30, 0.75)
+        theirs = lambda p: ref(p, onehot, weight[:, None].expand_as(onehot))  # noqa: E731
+        density = GradientDensity(30, 0.75)
+    else:
+        pred, target = torch.randn(50, 4) * 0.1, torch.randn(50, 4) * 0.1
+        weight = (torch.rand(50, 4) > 0.3).float()
+        ours = lambda p, d: ghmr_loss(p, target, weight, d)  # noqa: E731
+        ref = MMDetGHMR(bins=10, momentum=0.7)
+        theirs = lambda p: ref(p, target, weight)  # noqa: E731
+        density = GradientDensity(10, 0.7, 1e3)
+    results = []
+    for loss_fn in (lambda p: ours(p, density), theirs):
+        p = pred.clone().requires_grad_()
+        grad, = torch.autograd.grad(loss_fn(p), p, create_graph=True)
+        (grad.square().sum() * 1e3).backward()
+        results.append((grad.detach(), p.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-9)
+    assert results[1][1].abs().max() > 0
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-9)
+
+
+def test_torch_func_grad_equals_autograd():
+    pred, labels, weight, _ = _cls_problem()
+    expected = _loss_and_grad(lambda p: ghmc_loss(p, labels, None, weight,
+                                                  GradientDensity(30)), pred)[1]
+    got = torch.func.grad(lambda p: ghmc_loss(p, labels, None, weight, GradientDensity(30)))(pred)
+    assert torch.equal(got, expected)
+    target, w = torch.randn(20, 4), torch.ones(20, 4)
+    got = torch.func.grad(lambda p: ghmr_loss(p, target, w, GradientDensity(10, 0, 1e3)))(
+        torch.randn(20, 4))
+    assert got.shape == (20, 4) and got.abs().sum() > 0
+
+
+@pytest.mark.parametrize('fn', ['cls', 'reg'])
+def test_pred_modified_in_place_before_backward_is_detected(fn):
+    pred = torch.randn(30, 4, requires_grad=True)
+    p = pred * 1.0
+    if fn == 'cls':
+        loss = ghmc_loss(p, torch.randint(0, 5, (30,)), None, None, GradientDensity(10))
+    else:
+        loss = ghmr_loss(p, torch.zeros(30, 4), None, GradientDensity(10, 0, 1e3))
+    p.mul_(2.0)
+    with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+        loss.backward()
+
+
+def test_minus_inf_logits_finite_and_consistent_in_every_reduction():
+    """x = -inf at a negative: BCE's limit 0 and gradient 0 (mmdet's gradient and bins; its loss
+    is NaN from torch's formula): 'none' has no NaN and sums to what 'sum' gives."""
+    pred, labels, weight, onehot = _cls_problem()
+    pred[0] = -float('inf')
+    labels[0] = pred.shape[1]  # background row
+    onehot[0] = 0.0
+    losses = {}
+    for reduction in ('none', 'sum', 'mean'):
+        density = GradientDensity(30, 0.75)
+        losses[reduction], grad = _loss_and_grad(
+            lambda p: ghmc_loss(p, labels, None, weight, density, reduction=reduction), pred,
+            reduction)
+        if reduction != 'sum':  # mmdet's GHMC cannot sum (it always passes avg_factor)
+            ref = MMDetGHMC(30, 0.75, reduction=reduction)
+            _, ref_grad = _loss_and_grad(
+                lambda p: ref(p, onehot, weight[:, None].expand_as(onehot)), pred, reduction)
+            torch.testing.assert_close(grad, ref_grad, rtol=2e-5, atol=1e-9)
+            assert torch.equal(density.acc_sum, ref.acc_sum)
+    assert torch.isfinite(losses['none']).all() and (losses['none'][0] == 0).all()
+    torch.testing.assert_close(losses['none'].sum(), losses['sum'], rtol=1e-5, atol=0)
+    assert torch.isfinite(losses['mean'])
+
+
+@pytest.mark.parametrize('layout', ['permuted', 'transposed', 'channels_last'])
+def test_ghmr_on_non_contiguous_pred_equals_mmdet(layout):
+    pred, target = torch.randn(2, 4, 3, 5) * 0.1, torch.randn(2, 4, 3, 5) * 0.1
+    weight = (torch.rand(2, 4, 3, 5) > 0.3).float()
+    if layout == 'permuted':
+        make = lambda t: t.permute(0, 2, 3, 1)  # noqa: E731
+    elif layout == 'transposed':
+        make = lambda t: t.reshape(24, 5).t()  # noqa: E731
+    else:
+        make = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    p = make(pred.clone()).requires_grad_()
+    assert layout == 'channels_last' or not p.is_contiguous()
+    density, ref = GradientDensity(10, 0.7, 1e3), MMDetGHMR(bins=10, momentum=0.7)
+    loss = ghmr_loss(p, make(target), make(weight), density)
+    loss.backward()
+    r = make(pred.clone()).contiguous().requires_grad_()
+    ref_loss = ref(r, make(target).contiguous(), make(weight).contiguous())
+    ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=0)
+    torch.testing.assert_close(p.grad, r.grad, rtol=2e-5, atol=1e-9)
+    assert torch.equal(density.acc_sum, ref.acc_sum)
+
+
+@pytest.mark.parametrize('shape', [(6, 0), (0, 5)])
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_ghmc_zero_classes_or_rows_as_mmdet(shape, reduction):
+    n, c = shape
+    density, ref = GradientDensity(10, 0.7), MMDetGHMC(10, 0.7, reduction=reduction)
+    labels = torch.full((n,), c, dtype=torch.int64)
+    loss, grad = _loss_and_grad(lambda p: ghmc_loss(p, labels, None, torch.ones(n), density,
+                                                    reduction=reduction), torch.randn(shape),
+                                reduction)
+    ref_loss, ref_grad = _loss_and_grad(lambda p: ref(p, torch.zeros(shape), torch.ones(shape)),
+                                        torch.randn(shape), reduction)
+    assert loss.shape == ref_loss.shape and grad.shape == ref_grad.shape
+    torch.testing.assert_close(loss, ref_loss)
+    assert not density.acc_sum.any()
+
+
+def test_ghmr_square_overflow_is_named_and_ignored_elements_never_raise():
+    pred, target = torch.randn(20, 4) * 0.1, torch.randn(20, 4) * 0.1
+    weight = torch.ones(20, 4)
+    pred[3, 1] = 3e19  # finite; its square overflows float32
+    with pytest.raises(ValueError, match='overflows') as info:
+        ghmr_loss(pred, target, weight, GradientDensity(10, 0.7, 1e3))
+    assert 'NaN' not in str(info.value)
+    weight[3, 1] = 0.0  # ignored: no error, and the other elements give mmdet's loss
+    density, ref = GradientDensity(10, 0.7, 1e3), MMDetGHMR(bins=10, momentum=0.7)
+    loss, grad = _loss_and_grad(lambda p: ghmr_loss(p, target, weight, density), pred)
+    tame = pred.clone()
+    tame[3, 1] = 0.0  # mmdet would give NaN (inf * 0): compare with the element made harmless
+    ref_loss, ref_grad = _loss_and_grad(lambda p: ref(p, target, weight), tame)
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=2e-5, atol=1e-9)
+    assert torch.equal(density.acc_sum, ref.acc_sum)
+    with pytest.raises(ValueError, match='NaN or inf'):
+        ghmr_loss(torch.full((2, 4), float('nan')), torch.zeros(2, 4), None,
+                  GradientDensity(10, 0.7, 1e3))
+
+
+@pytest.mark.parametrize('targets', ['labels', 'soft'])
+def test_same_state_loss_and_gradient_whatever_the_thread_count(targets):
+    """The sigmoid's vectorized and scalar loops round differently; PyTorch's thread split
+    decides which elements take the scalar one. Ours does not depend on it: bitwise the same
+    results on 1, 2 and 3 threads, for sizes that are not multiples of anything."""
+    previous = torch.get_num_threads()
+    pred = torch.randn(70001, 13) * 3 - 2
+    labels = torch.randint(0, 14, (70001,))
+    target = torch.rand(70001, 13) if targets == 'soft' else None
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            density = GradientDensity(30, 0.75)
+            out = [_loss_and_grad(lambda p: ghmc_loss(
+                p, labels if target is None else None, target, None, density), pred)
+                for _ in range(2)]
+            results.append((out, density.acc_sum.clone()))
+    finally:
+        torch.set_num_threads(previous)
+    for out, state in results[1:]:
+        assert torch.equal(state, results[0][1])
+        for (loss, grad), (loss0, grad0) in zip(out, results[0][0]):
+            assert torch.equal(loss, loss0) and torch.equal(grad, grad0)
