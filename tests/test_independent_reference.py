@@ -340,8 +340,8 @@ def test_ghmc_weights_equal_a_loop_over_elements(momentum, bias_correction):
                 bias_correction=bias_correction)
     loop = LoopGHM(bins, momentum, float(mmdet_edges(bins, 1.0 + 1e-6)[-1]), bias_correction)
     gen = torch.Generator().manual_seed(7)
-    for step in range(5):
-        n, c = (23, 5) if step % 2 else (40, 5)
+    for step in range(6):
+        n, c = [(40, 5), (23, 5), (2, 2), (40, 5), (1, 3), (23, 5)][step]  # some with empty bins
         pred = torch.randn(n, c, generator=gen) * 2.5
         labels = torch.randint(0, c + 1, (n,), generator=gen)
         weight = (torch.rand(n, generator=gen) > 0.25).float()
@@ -382,8 +382,8 @@ def test_ghmr_weights_equal_a_loop_over_elements(momentum):
     ours = GHMR(mu, bins, momentum, loss_weight=loss_weight)
     loop = LoopGHM(bins, momentum, 1e3)
     gen = torch.Generator().manual_seed(11)
-    for step in range(5):
-        n = 31 if step % 2 else 18
+    for step in range(6):
+        n = [18, 31, 2, 18, 1, 31][step]  # some with empty bins
         pred = torch.randn(n, 4, generator=gen) * 0.05
         target = torch.randn(n, 4, generator=gen) * 0.05
         weight = (torch.rand(n, 4, generator=gen) > 0.3).float() * 0.5  # tot = SUM of weights
