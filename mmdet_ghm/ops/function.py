@@ -221,8 +221,9 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
 
     def message(here: bool) -> str:
         if not here:
-            return ('pred or target (box regressions) give a loss that is not finite on another '
-                    'rank (sync_across_ranks); the EMA state is left untouched')
+            return ('pred or target (box regressions) contain NaN or inf (or overflow) on another '
+                    'rank (sync_across_ranks), so the GHM-R loss is not finite; the EMA state is '
+                    'left untouched: check the model for divergence')
         valid = torch.ones_like(pred, dtype=torch.bool) if weight is None else weight > 0
         if bool((torch.isfinite(pred) & torch.isfinite(target))[valid].all()):
             big = float((pred.double() - target.double())[valid].abs().max())
