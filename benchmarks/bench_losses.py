@@ -76,8 +76,8 @@ def methods(device):
         def make():
             pred, labels, lw, onehot = cls_inputs(device)
             loss = make_loss()
-            if use_onehot:
-                return pred, lambda p: loss(p, onehot)
+            if use_onehot:  # the same label weights, broadcast over the classes
+                return pred, lambda p: loss(p, onehot, lw[:, None])
             return pred, lambda p: loss(p, labels, lw)
         return make
 
@@ -91,7 +91,8 @@ def methods(device):
     table = {
         'GHMC mmdet_ghm': ('cls', cls(lambda: GHMC(bins=30, momentum=0.75).to(device))),
         'GHMC mmdet': ('cls', cls(lambda: MMDetGHMC(bins=30, momentum=0.75).to(device))),
-        'BCE-with-logits': ('cls', cls(lambda: F.binary_cross_entropy_with_logits, True)),
+        'BCE-with-logits': ('cls', cls(lambda: lambda p, t, w: F.binary_cross_entropy_with_logits(
+            p, t, w), True)),
         'GHMR mmdet_ghm': ('reg', reg(lambda: GHMR(mu=0.02, bins=10, momentum=0.7).to(device))),
         'GHMR mmdet': ('reg', reg(lambda: MMDetGHMR(mu=0.02, bins=10, momentum=0.7).to(device))),
         'SmoothL1': ('reg', reg(lambda: lambda p, t, w: F.smooth_l1_loss(p * w, t * w,

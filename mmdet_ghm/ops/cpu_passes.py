@@ -163,7 +163,7 @@ class ClassificationCPU(GHMBackend):
                 self.element_valid = valid.view(-1)
         self.positives = self.positive_rows = None
         if labels is not None:
-            rows = (labels < self.C).nonzero().view(-1)
+            rows = ((labels >= 0) & (labels < self.C)).nonzero().view(-1)  # as mmdet's one-hot
             self.positive_rows = rows
             self.positives = rows * self.C + labels[rows]  # ascending
         self.slots = torch.empty(self.numel, dtype=binning.slot_dtype)

@@ -10,7 +10,6 @@ PyTorch ops instead, so that double backward works.
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..binning import Binning
@@ -120,8 +119,11 @@ def _ghmc_torch_grad(labels, target, weight):
     """GHM-C's gradient in differentiable PyTorch ops (double backward)."""
     def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight):
         x = pred.to(_compute_dtype(pred))
-        if labels is not None:
-            t = F.one_hot(labels, x.shape[1] + 1)[:, :x.shape[1]].to(x.dtype)
+        if labels is not None:  # one-hot without F.one_hot's range check (a host sync on CUDA)
+            M, C = x.shape
+            inside = (labels >= 0) & (labels < C)
+            t = x.new_zeros(M, C + 1).scatter_(1, torch.where(inside, labels, C)[:, None], 1.0)
+            t = t[:, :C]
         else:
             t = target.to(x.dtype)
         s = torch.sigmoid(x)
