@@ -75,18 +75,21 @@ def _slot_of(g, edges_ptr, BINS: tl.constexpr):
 def _log1p(e):
     """log(1 + e) for 0 <= e <= 1, accurate for tiny e (Goldberg's trick; no libdevice needed)."""
     u = 1.0 + e
-    return tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+    tiny = u == 1.0
+    return tl.where(tiny, e, tl.log(u) * (e / tl.where(tiny, 1.0, u - 1.0)))
 
 
 @triton.jit
 def _bce_with_logits(x, t):
-    """BCE-with-logits, with its limits at infinite logits: 0 on the right side (x = -inf with
-    t = 0, x = +inf with t = 1), inf on the wrong side; never 0 * inf."""
-    tail = _log1p(tl.exp(-tl.abs(x)))
-    loss_neg = tl.maximum(x, 0.0) + tail   # -log(1 - sigmoid(x)): the loss of t = 0
-    loss_pos = tl.maximum(-x, 0.0) + tail  # -log(sigmoid(x)): the loss of t = 1
-    soft = t * loss_pos + (1.0 - t) * loss_neg
-    return tl.where(t == 0.0, loss_neg, tl.where(t == 1.0, loss_pos, soft))
+    """PyTorch's BCE-with-logits, ``(1 - t) * x - log_sigmoid(x)`` (its rounding, e.g. for easy
+    negatives), with its limits at infinite logits instead of ``inf - inf``: 0 on the right side
+    (x = -inf with t = 0, x = +inf with t = 1), inf on the wrong side."""
+    log_sigmoid = tl.minimum(x, 0.0) - _log1p(tl.exp(-tl.abs(x)))
+    finite = (1.0 - t) * x - log_sigmoid
+    at_pos_inf = tl.where(t == 1.0, 0.0, (1.0 - t) * x)
+    at_neg_inf = tl.where(t == 0.0, 0.0, -t * x)
+    return tl.where(x == float('inf'), at_pos_inf,
+                    tl.where(x == -float('inf'), at_neg_inf, finite))
 
 
 @triton.jit
