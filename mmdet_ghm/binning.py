@@ -26,7 +26,7 @@ mmdet's own bits do depend on its thread split: an element of its scalar tails (
 thread) that lies within an ulp of a bin edge can land in the neighbouring bin there. The float
 vector width (AVX2 / AVX-512, chosen by PyTorch at run time) is part of "the same machine".
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -70,12 +70,14 @@ def search_slots(g: Tensor, edges: Tensor) -> Tensor:
     return torch.bucketize(g, edges.to(g.dtype), right=True)
 
 
-def unit_interval_slots(g: Tensor, bins: int, out: Optional[Tensor] = None) -> Tensor:
+def unit_interval_slots(g: Tensor, bins: int, out: Optional[Tensor] = None,
+                        work: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
     """Slots of float32 ``g`` in [0, 1] for mmdet's edges ``float32(i / bins)`` (last edge > 1),
     equal to :func:`search_slots`: ``floor((g + ulp(g) / 2) * bins) + 1`` computed in float64.
-    uint8 (bins <= 253), or written into ``out``. Values above 1 and NaN go to the last bin:
-    callers send g beyond the last edge to slot ``bins + 1`` themselves, and a NaN g comes with a
-    NaN loss, which makes the call rejected.
+    uint8 (bins <= 253), or written into ``out``; ``work``: optional float64 and int32 buffers of
+    g's size for the intermediates. Values above 1 and NaN go to the last bin: callers send g
+    beyond the last edge to slot ``bins + 1`` themselves, and a NaN g comes with a NaN loss,
+    which makes the call rejected.
 
     Why exact: ``g + ulp(g) / 2`` has 25 significant bits, ``* bins`` at most 33, so float64
     holds both exactly. Each edge ``e_i`` is the float nearest ``i / bins`` (never a tie: ``i /
@@ -83,12 +85,13 @@ def unit_interval_slots(g: Tensor, bins: int, out: Optional[Tensor] = None) -> T
     is ``e_i`` itself when it was rounded down, and it lies within half an ulp: adding half an
     ulp lifts exactly that one over ``i / bins`` and no float below it.
     """
-    h = g.to(torch.float64)
+    h = g.to(torch.float64) if work is None else work[0].copy_(g)
     h.view(torch.int64).add_(1 << 28)  # + half a float32 ulp: float64 has 29 more mantissa bits
     h.mul_(bins)  # exact: at most 33 significant bits
     # floor via int32 (g <= 1: h < 254), then clamp and + 1 in uint8: cheaper than in float64.
     # g > 1 or NaN give some value here that the clamp keeps inside 1 .. bins.
-    slots = h.to(torch.int32).to(torch.uint8) if out is None else out.copy_(h.to(torch.int32))
+    floor = h.to(torch.int32) if work is None else work[1].copy_(h)
+    slots = floor.to(torch.uint8) if out is None else out.copy_(floor)
     return slots.clamp_(max=bins - 1).add_(1)
 
 
@@ -104,12 +107,14 @@ class Binning:
         self.slot_dtype = slot_dtype(self.bins)
         self.last_edge = edges[-1]
 
-    def slots(self, g: Tensor, out: Optional[Tensor] = None, above_one: bool = True) -> Tensor:
+    def slots(self, g: Tensor, out: Optional[Tensor] = None, above_one: bool = True,
+              work: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
         """Slots of gradient norms ``g >= 0`` (any floating dtype) in :attr:`slot_dtype`, equal
         to :func:`search_slots`. ``above_one=False`` promises g <= 1 (hard GHM-C targets): two
-        ops less, and a NaN g then lands in the last bin instead of slot ``bins + 1``."""
+        ops less, and a NaN g then lands in the last bin instead of slot ``bins + 1``. ``work``:
+        see :func:`unit_interval_slots`."""
         if self.unit_edges and g.dtype == torch.float32 and g.device.type == 'cpu':
-            slots = unit_interval_slots(g, self.bins, out)
+            slots = unit_interval_slots(g, self.bins, out, work)
             if above_one:  # beyond the last edge, or NaN: outside every bin, as the search
                 slots.masked_fill_(torch.lt(g, self.last_edge).logical_not_(), self.bins + 1)
             return slots

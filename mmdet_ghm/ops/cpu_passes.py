@@ -38,24 +38,27 @@ def _exact(fn, x: Tensor, out: Tensor) -> Tensor:
     the thread count and layout (see the module docstring)."""
     n = x.numel()
     full = n - n % VECTOR_STEP
-    for start in range(0, full, PIECE):
-        stop = min(start + PIECE, full)
+    # one thread: one call is one vectorized loop already
+    step = max(full, 1) if torch.get_num_threads() == 1 else PIECE
+    for start in range(0, full, step):
+        stop = min(start + step, full)
         fn(x[start:stop], out=out[start:stop])
     if full < n:
         out[full:] = fn(F.pad(x[full:], (0, VECTOR_STEP - (n - full))))[:n - full]
     return out
 
 
-def _softplus_from_sigmoid(x: Tensor, s: Tensor) -> Tensor:
+def _softplus_from_sigmoid(x: Tensor, s: Tensor, work: Optional[Tensor] = None,
+                           out: Optional[Tensor] = None) -> Tensor:
     """softplus(x) = relu(x) - log(1 - q), q = sigmoid(-|x|) = min(s, 1 - s), from s = sigmoid(x)
-    (or sigmoid(-x), the same q):
-    one transcendental instead of softplus's two, 0 at x = -inf (BCE's limit; torch's
-    binary_cross_entropy_with_logits gives NaN there). Within about 1e-7 relative of softplus."""
-    q = torch.rsub(s, 1.0)
+    (or sigmoid(-x), the same q): one transcendental instead of softplus's two, 0 at x = -inf
+    (BCE's limit; torch's binary_cross_entropy_with_logits gives NaN there). Within about 1e-7
+    relative of softplus. ``work`` and ``out``: optional buffers of x's size and dtype."""
+    q = torch.neg(s, out=work).add_(1.0)  # 1 - s
     torch.minimum(s, q, out=q)
     q.neg_()
     _exact(torch.log1p, q, q)
-    return torch.relu(x).sub_(q)
+    return torch.clamp_min(x, 0.0, out=out).sub_(q)
 
 
 def _soft_bce(x: Tensor, t: Tensor) -> Tensor:
@@ -79,30 +82,28 @@ def _spread_offsets(numel: int) -> Tensor:
     return ((torch.arange(numel) % SPREAD_COPIES) * SPREAD_STRIDE).to(torch.uint8)
 
 
-def _spread(slots: Tensor, num_slots: int) -> Optional[Tensor]:
-    if slots.dtype != torch.uint8 or num_slots > SPREAD_STRIDE:
-        return None
-    return torch.add(slots, _spread_offsets(slots.numel()))
-
-
 def _fold(spread_counts: Tensor, num_slots: int) -> Tensor:
     return spread_counts.view(SPREAD_COPIES, SPREAD_STRIDE).sum(0)[:num_slots]
 
 
-def count_slots(slots: Tensor, num_slots: int,
-                loss: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+def count_slots(slots: Tensor, num_slots: int, loss: Optional[Tensor] = None,
+                work: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """int64 ``(num_slots,)`` histogram of flat slots and, with ``loss``, the float64 sum of the
-    loss in each slot."""
-    spread = _spread(slots, num_slots)
-    if spread is None:
+    loss in each slot. ``work``: optional uint8 and float64 buffers of the slots' size."""
+    loss64 = None
+    if loss is not None:
+        loss64 = loss.double() if work is None else work[1].copy_(loss)
+    if slots.dtype != torch.uint8 or num_slots > SPREAD_STRIDE:
         counts = torch.bincount(slots, minlength=num_slots)
-        sums = None if loss is None else torch.bincount(slots, weights=loss.double(),
+        sums = None if loss is None else torch.bincount(slots, weights=loss64,
                                                         minlength=num_slots)
         return counts, sums
+    spread = torch.add(slots, _spread_offsets(slots.numel()),
+                       out=None if work is None else work[0])
     size = SPREAD_COPIES * SPREAD_STRIDE
     counts = _fold(torch.bincount(spread, minlength=size), num_slots)
     sums = None if loss is None else _fold(
-        torch.bincount(spread, weights=loss.double(), minlength=size), num_slots)
+        torch.bincount(spread, weights=loss64, minlength=size), num_slots)
     return counts, sums
 
 
@@ -133,6 +134,19 @@ def _gather_slots(slot_table: Tensor, pair_table: Optional[Tensor], slots: Tenso
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+class _Scratch:
+    """Chunk-sized buffers reused from chunk to chunk (no allocation, no page faults)."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name: str, dtype: torch.dtype, n: int) -> Tensor:
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < n:
+            buffer = self.buffers[name] = torch.empty(max(n, CHUNK), dtype=dtype)
+        return buffer[:n]
 
 
 class ClassificationCPU(GHMBackend):
@@ -180,13 +194,15 @@ class ClassificationCPU(GHMBackend):
             return rows[a - r0 * self.C:b - r0 * self.C]
         return None
 
-    def _dense(self, a: int, b: int) -> Tuple[Tensor, Tensor]:
+    def _dense(self, a: int, b: int, work: '_Scratch') -> Tuple[Tensor, Tensor]:
         """sigmoid(x) and the per-element BCE of chunk [a, b), every element taken as a negative
-        with integer labels."""
+        with integer labels; in ``work``'s buffers (valid until the next chunk)."""
+        n = b - a
         x = self.x[a:b].to(self.dtype)
-        s = _exact(torch.sigmoid, x, torch.empty_like(x))
+        s = _exact(torch.sigmoid, x, work.get('s', self.dtype, n))
         if self.target is None:
-            return s, _softplus_from_sigmoid(x, s)
+            return s, _softplus_from_sigmoid(x, s, work.get('q', self.dtype, n),
+                                             work.get('bce', self.dtype, n))
         return s, _soft_bce(x, self.target[a:b].to(self.dtype))
 
     def _elementwise_bce(self, a: int, b: int) -> Tensor:
@@ -218,16 +234,22 @@ class ClassificationCPU(GHMBackend):
         counts = torch.zeros(num_slots, dtype=torch.int64)
         sums = torch.zeros(num_slots, dtype=torch.float64)
         bounds = None if self.positives is None else self._positive_bounds()
+        work = _Scratch()
         for i, (a, b) in enumerate(self._chunks()):
-            s, bce = self._dense(a, b)
+            n = b - a
+            s, bce = self._dense(a, b, work)
             g = s if self.target is None else s.sub_(self.target[a:b].to(self.dtype)).abs_()
-            slots = self.binning.slots(g, out=self.slots[a:b], above_one=self.target is not None)
+            slots = self.binning.slots(
+                g, out=self.slots[a:b], above_one=self.target is not None,
+                work=(work.get('h', torch.float64, n), work.get('i', torch.int32, n)))
             valid = self._valid(a, b)
             if valid is not None:
                 slots.mul_(valid)
             if bounds is not None and bounds[i + 1] > bounds[i]:
                 slots[self.positives[bounds[i]:bounds[i + 1]] - a] = 0  # parked, see the class
-            chunk_counts, chunk_sums = count_slots(slots, num_slots, bce)
+            chunk_counts, chunk_sums = count_slots(
+                slots, num_slots, bce,
+                (work.get('spread', torch.uint8, n), work.get('h', torch.float64, n)))
             counts += chunk_counts
             sums += chunk_sums
         if self.positives is not None and self.positives.numel():
