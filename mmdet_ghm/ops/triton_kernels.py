@@ -58,6 +58,15 @@ def _sigmoid(x, EXACT: tl.constexpr, F64: tl.constexpr):
 
 
 @triton.jit
+def sigmoid_kernel(x_ptr, s_ptr, numel, EXACT: tl.constexpr, BLOCK: tl.constexpr):
+    """float32 sigmoid of the kernels, element-wise (benchmarks/gpu_check.py compares it with
+    torch.sigmoid bit for bit)."""
+    base, lane, mask = _block(tl.program_id(0), numel, BLOCK)
+    x = tl.load(x_ptr + base + lane, mask=mask, other=0.0)
+    tl.store(s_ptr + base + lane, _sigmoid(x, EXACT, False), mask=mask)
+
+
+@triton.jit
 def _slot_of(g, edges_ptr, BINS: tl.constexpr):
     """Slot of gradient norm g >= 0: 1 + bin, BINS + 1 when g is NaN or >= the last edge."""
     finite = g == g
