@@ -15,16 +15,18 @@ Two implementations of the one rule:
   the reference for every float within 1000 ulps of every edge, bins 1-253.
 
 What "equal to mmdet" guarantees (CPU): the bins depend only on the value of g, so counts, EMA
-state and weights equal mmdet's whenever g is bitwise equal to mmdet's g. GHM-R's g uses only
-IEEE-exact ops (sub, mul, add, sqrt, div): always equal. GHM-C's ``g = |sigmoid(x) - t|`` uses
-PyTorch's sigmoid, whose vectorized loop and scalar tail round the last bit differently; which
-elements take the scalar tail depends on the tensor's length and on how the intra-op threads split
-it. mmdet_ghm evaluates the sigmoid in fixed 32768-element pieces (each one thread, the tail padded
-to a multiple of 64), so every element takes the vectorized loop whatever the thread count or
-memory layout: the same inputs give the same slots, state, gradient and loss on 1 or 16 threads.
-mmdet's own bits do depend on its thread split: an element of its scalar tails (at most ~31 per
-thread) that lies within an ulp of a bin edge can land in the neighbouring bin there. The float
-vector width (AVX2 / AVX-512, chosen by PyTorch at run time) is part of "the same machine".
+state and weights equal mmdet's whenever g is bitwise equal to mmdet's g. g goes through one
+operation that is not correctly rounded on CPU: PyTorch's sigmoid for GHM-C (``|sigmoid(x) - t|``)
+and its sqrt for GHM-R (``|d| / sqrt(d^2 + mu^2)``); their vectorized loop and their scalar tail
+round the last bit differently, and which elements take the scalar tail depends on the tensor's
+length and on how the intra-op threads split it. mmdet_ghm evaluates those two ops in fixed
+32768-element pieces (each on one thread, the tail padded to a multiple of 64), so every element
+takes the vectorized loop whatever the thread count or memory layout: the same inputs give the same
+slots, EMA state, gradient and loss on 1, 2 or 16 threads. mmdet's own bits depend on its thread
+split: an element of its scalar tails (at most 31 per thread and per op) that lies within an ulp of
+a bin edge can land in the neighbouring bin there, and nowhere else. The vector width (AVX2 /
+AVX-512, chosen by PyTorch at run time) is part of "the same machine"; a GPU's sigmoid and sqrt
+round differently again (see the Triton backend).
 """
 from typing import Optional, Tuple
 

@@ -314,6 +314,33 @@ def test_ghmr_square_overflow_is_named_and_ignored_elements_never_raise():
                   GradientDensity(10, 0.7, 1e3))
 
 
+def test_ghmr_same_state_loss_and_gradient_whatever_the_thread_count():
+    """GHM-R's sqrt is not correctly rounded in PyTorch's vectorized CPU loop: the same
+    results on 1, 2 and 3 threads all the same."""
+    previous = torch.get_num_threads()
+    # differences whose g = |d| / sqrt(d^2 + mu^2) lies within a few ulps of a bin edge
+    edges = torch.arange(1, 10, dtype=torch.float64) / 10
+    d = (edges * 0.02 / (1 - edges ** 2).sqrt()).float()
+    near = d.view(torch.int32)[:, None] + torch.arange(-2000, 2000, dtype=torch.int32)
+    pred = torch.cat([near.view(-1).view(torch.float32), torch.randn(280004 - near.numel())
+                      * 0.05])[torch.randperm(280004)].view(70001, 4)
+    target = torch.zeros(70001, 4)
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            density = GradientDensity(10, 0.7, 1e3)
+            out = [_loss_and_grad(lambda p: ghmr_loss(p, target, None, density), pred)
+                   for _ in range(2)]
+            results.append((out, density.acc_sum.clone()))
+    finally:
+        torch.set_num_threads(previous)
+    for out, state in results[1:]:
+        assert torch.equal(state, results[0][1])
+        for (loss, grad), (loss0, grad0) in zip(out, results[0][0]):
+            assert torch.equal(loss, loss0) and torch.equal(grad, grad0)
+
+
 @pytest.mark.parametrize('targets', ['labels', 'soft'])
 def test_same_state_loss_and_gradient_whatever_the_thread_count(targets):
     """The sigmoid's vectorized and scalar loops round differently; PyTorch's thread split
@@ -338,3 +365,28 @@ def test_same_state_loss_and_gradient_whatever_the_thread_count(targets):
         assert torch.equal(state, results[0][1])
         for (loss, grad), (loss0, grad0) in zip(out, results[0][0]):
             assert torch.equal(loss, loss0) and torch.equal(grad, grad0)
+
+
+@pytest.mark.parametrize('op', [torch.sigmoid, torch.sqrt, torch.log1p])
+def test_exact_ops_give_each_element_the_same_bits_at_any_position(op):
+    """The ops whose vectorized and scalar loops round differently (the binning depends on
+    sigmoid and sqrt) are evaluated so that an element's bits depend on its value only: the
+    same in a 1-element tensor, in a scalar tail, or deep inside a long one, on any thread
+    count."""
+    from mmdet_ghm.ops.cpu_passes import _exact
+    x = torch.randn(100003) * 4  # plain torch.sigmoid: ~5% of its scalar tails differ here
+    x = x.abs() if op is torch.sqrt else -x.abs() / (1 + x.abs()) if op is torch.log1p else x
+    previous = torch.get_num_threads()
+    try:
+        reference = None
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            full = _exact(op, x, torch.empty_like(x))
+            reference = full if reference is None else reference
+            assert torch.equal(full, reference)
+            for start, length in [(0, 1), (5, 17), (100000, 3), (31, 64), (7, 40001)]:
+                part = x[start:start + length]
+                assert torch.equal(_exact(op, part, torch.empty_like(part)),
+                                   reference[start:start + length])
+    finally:
+        torch.set_num_threads(previous)
