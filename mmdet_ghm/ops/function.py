@@ -37,7 +37,9 @@ def _compute_dtype(pred: Tensor) -> torch.dtype:
 
 
 class _Call:
-    """What one call needs besides pred: built by the entry point, completed by the forward."""
+    """What one call needs besides pred: built by the entry point, completed by the forward.
+    ``can_raise``: the PyTorch backend may read the small bad-call flags on the host (a ValueError
+    instead of a NaN loss); the Triton backend must not (a host sync on CUDA)."""
 
     def __init__(self, make_backend: Callable, torch_grad: Callable, density: GradientDensity,
                  loss_weight: float, reduction: str, tot: Optional[Tensor],
@@ -181,7 +183,8 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
         ValueError (CPU backend only; every rank alike under ``sync_across_ranks``): the loss of
         a valid element is not finite (NaN logits, or an infinite logit on the wrong side).
     """
-    if _use_triton(pred.device, backend):
+    on_device = _use_triton(pred.device, backend)
+    if on_device:
         from .triton_passes import ClassificationTriton as backend_cls
     else:
         from .cpu_passes import ClassificationCPU as backend_cls
@@ -194,7 +197,7 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
 
     call = _Call(lambda p, binning: backend_cls(p, labels, target, weight, binning),
                  _ghmc_torch_grad(labels, target, weight), density, loss_weight, reduction, tot,
-                 poison, backend_cls.__name__.endswith('CPU'), message)
+                 poison, not on_device, message)
     return GHMFunction.apply(pred, call)
 
 
@@ -212,7 +215,8 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
         ValueError (CPU backend only): the loss of a valid element is not finite (NaN or inf in
         pred/target, or a difference whose square overflows the compute dtype).
     """
-    if _use_triton(pred.device, backend):
+    on_device = _use_triton(pred.device, backend)
+    if on_device:
         from .triton_passes import RegressionTriton as backend_cls
     else:
         from .cpu_passes import RegressionCPU as backend_cls
@@ -238,5 +242,5 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
 
     call = _Call(lambda p, binning: backend_cls(p, target, weight, binning, mu),
                  _ghmr_torch_grad(target, weight, mu), density, loss_weight, reduction, tot,
-                 None, backend_cls.__name__.endswith('CPU'), message)
+                 None, not on_device, message)
     return GHMFunction.apply(pred, call)
