@@ -16,10 +16,11 @@ from torch import Tensor
 from . import triton_kernels as K
 from .backend import GHMBackend
 
-# Block sizes for an H100/H200-class GPU (132 SMs): 4096 elements a program (16 a thread with 8
-# warps) keeps the per-program work (histogram, per-slot sums, one column of the partial tables)
-# small against the element work; GHM-R inputs are small (N x 4).
-CLS_BLOCK, CLS_WARPS = 4096, 8
+# Block sizes for an H100/H200-class GPU, from ptxas's register counts for sm_90 (8 elements a
+# thread: 64 registers in float32, so 4 programs of 8 warps fit on one SM; 16 a thread spill or
+# halve that): GHM-C 2048 elements and 8 warps a program (1024 in float64), GHM-R 1024 and 4
+# (its inputs are small, N x 4). The reduction sums one row of the partial tables a program.
+CLS_BLOCK, CLS_BLOCK_F64, CLS_WARPS = 2048, 1024, 8
 REG_BLOCK, REG_WARPS = 1024, 4
 REDUCE_BLOCK, REDUCE_WARPS = 4096, 8
 # FMA contraction as nvcc compiles PyTorch's CUDA sigmoid (on); GHM-R off (see triton_kernels)
@@ -70,7 +71,8 @@ def _slot_sums(kernel, inputs: tuple, scalars: tuple, numel: int, bins: int, dev
     kernel[(programs,)](*inputs, counts_part, sums_part, *scalars, numel, programs,
                         SLOTS_P2=triton.next_power_of_2(bins + 2), **modes, **options)
     K.slot_partials_reduce_kernel[(bins + 2,)](counts_part, sums_part, counts, sums, programs,
-                                               RBLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS)
+                                               RBLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS,
+                                               enable_fp_fusion=False)
     return counts, sums
 
 
@@ -94,6 +96,8 @@ class ClassificationTriton(GHMBackend):
         self.modes = dict(C=self.pred.shape[-1] if needs_row else 1, BINS=self.bins,
                           LABELS=labels is not None, WEIGHT=weight_mode, CDT=self.cdt,
                           EXACT=not interpreting())
+        block = CLS_BLOCK_F64 if self.dtype == torch.float64 else CLS_BLOCK
+        self.options = _launch_options(block, CLS_WARPS, CLS_FP_FUSION)
 
     def _inputs(self):
         # pointers a mode does not read get pred's
@@ -104,15 +108,14 @@ class ClassificationTriton(GHMBackend):
                 self.edges)
 
     def _launch(self, kernel, *args, **constexprs):
-        grid = (triton.cdiv(self.numel, CLS_BLOCK),)
+        grid = (triton.cdiv(self.numel, self.options['BLOCK']),)
         kernel[grid](*self._inputs(), *args, self.numel, **self.modes, **constexprs,
-                     **_launch_options(CLS_BLOCK, CLS_WARPS, CLS_FP_FUSION))
+                     **self.options)
 
     def histogram(self) -> Tuple[Tensor, Tensor]:
         with _device_guard(self.pred):
             return _slot_sums(K.ghmc_histogram_kernel, self._inputs(), (), self.numel, self.bins,
-                              self.pred.device, self.dtype,
-                              _launch_options(CLS_BLOCK, CLS_WARPS, CLS_FP_FUSION), self.modes)
+                              self.pred.device, self.dtype, self.options, self.modes)
 
     def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
         out = torch.empty(self.pred.shape, dtype=self.dtype, device=self.pred.device)
