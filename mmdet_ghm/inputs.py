@@ -99,6 +99,12 @@ def _rows(shape: torch.Size) -> int:
     return math.prod(shape[:-1]) if len(shape) else 1
 
 
+def labels_message(num_classes: int, here: bool) -> str:
+    where = 'got values outside' if here else 'got values outside on another rank'
+    return (f'target: labels must lie in [0, {num_classes}] ({num_classes} = background), {where}'
+            + ('' if here else ' (sync_across_ranks); the EMA state is left untouched'))
+
+
 class GHMCInputs(NamedTuple):
     pred: Tensor                   # (M, C) logits, any floating dtype
     labels: Optional[Tensor]       # (M,) integer labels in [0, C], or None
@@ -109,12 +115,16 @@ class GHMCInputs(NamedTuple):
     shape: torch.Size              # pred's shape, for reduction 'none'
 
 
-def ghmc_inputs(pred, target, label_weight) -> GHMCInputs:
+def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GHMCInputs:
     """GHM-C's inputs as mmdet reads them: ``target`` with fewer dims than pred is integer labels
     (pred (N, C), labels (N,), C = background); with pred's dims it is a target of pred's shape
     (float, or integer / bool one-hot, taken as float as mmdet does). ``label_weight``: None,
     pred's shape, (N,) or (N, 1) per anchor with labels; with targets, (N,) per row or any shape
-    that broadcasts to pred's (mmdet's normalizer: the valid elements of the weight as given)."""
+    that broadcasts to pred's (mmdet's normalizer: the valid elements of the weight as given).
+
+    Labels outside [0, C] raise here when ``check_labels_now`` and pred is on the CPU; otherwise
+    they come back as ``poison`` (a device tensor: no host sync, and no rank raising alone while
+    the others wait in the all-reduce of ``sync_across_ranks``)."""
     pred = _check_pred(pred, 'logits')
     target = _check_tensor('target', target, pred)
     if label_weight is not None:
@@ -134,12 +144,11 @@ def ghmc_inputs(pred, target, label_weight) -> GHMCInputs:
                 f'pred {tuple(shape)} and labels {tuple(target.shape)}')
         labels = target
         out_of_range = ((labels < 0) | (labels > num_classes)).any()
-        if pred.device.type == 'cpu':
+        if check_labels_now and pred.device.type == 'cpu':
             if out_of_range:
-                raise GHMArgumentError(f'target: labels must lie in [0, {num_classes}] '
-                                       f'({num_classes} = background), got values outside')
+                raise GHMArgumentError(labels_message(num_classes, here=True))
         else:
-            poison = out_of_range  # checking on the host would sync: the loss becomes NaN
+            poison = out_of_range  # the loss becomes NaN, the state is kept
         if label_weight is not None and label_weight.shape != shape:
             if label_weight.shape not in ((rows,), (rows, 1)):
                 raise GHMArgumentError(

@@ -9,6 +9,8 @@ Triton kernels, and nothing syncs with the device.
 """
 from typing import Optional
 
+import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 # mmdet registers its own GHMC/GHMR on import; import it first so that ours, registered with
@@ -18,7 +20,7 @@ from mmdet.registry import MODELS
 
 from .density import GradientDensity
 from .inputs import (GHMArgumentError, check_bins, check_flag, check_loss_weight, check_momentum,
-                     check_mu, check_reduction, ghmc_inputs, ghmr_inputs)
+                     check_mu, check_reduction, ghmc_inputs, ghmr_inputs, labels_message)
 from .ops.function import ghmc_loss, ghmr_loss
 
 __all__ = ['GHMC', 'GHMR', 'GHMArgumentError']
@@ -71,6 +73,10 @@ class _GHMLoss(nn.Module):
     @property
     def acc_sum(self) -> Tensor:
         return self.density.acc_sum
+
+    def _syncs_with_other_ranks(self) -> bool:
+        return (self.density.sync_across_ranks and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1)
 
     def _reduction(self, reduction_override) -> str:
         if reduction_override is None:
@@ -144,9 +150,16 @@ class GHMC(_GHMLoss):
             float32 loss: 0-dim, or pred's shape for 'none'.
         """
         reduction = self._reduction(reduction_override)
-        x = ghmc_inputs(pred, target, label_weight)
+        # Synced on the CPU, bad labels on one rank travel in the all-reduce as poison, and then
+        # every rank raises (one rank raising alone would leave the others in the collective).
+        deferred = isinstance(pred, Tensor) and pred.device.type == 'cpu' \
+            and self._syncs_with_other_ranks()
+        x = ghmc_inputs(pred, target, label_weight, check_labels_now=not deferred)
         loss = ghmc_loss(x.pred, x.labels, x.soft_target, x.label_weight, self.density,
                          self.loss_weight, reduction, poison=x.poison, tot=x.tot)
+        # on the CPU a NaN loss only comes from poison (non-finite inputs raise in the call)
+        if deferred and x.labels is not None and bool(torch.isnan(loss).any()):
+            raise GHMArgumentError(labels_message(x.pred.shape[1], here=bool(x.poison)))
         return loss.view(x.shape) if reduction == 'none' else loss
 
 

@@ -186,3 +186,47 @@ def test_ghmr_bad_inputs():
             loss(*args)
     with pytest.raises(ValueError, match='^reduction_override must be one of'):
         loss(pred, pred, reduction_override=True)
+
+
+def _bad_labels_worker(rank, init_file, out_dir):
+    import os
+
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    loss = GHMC(bins=10, momentum=0.75, sync_across_ranks=True)
+    pred, labels = torch.randn(16, 3), torch.randint(0, 4, (16,))
+    loss(pred, labels)
+    state = loss.acc_sum.clone()
+    if rank == 1:
+        labels[3] = 7
+    errors = []
+    try:
+        loss(pred, labels)
+    except ValueError as error:
+        errors.append(str(error))
+    unchanged = torch.equal(loss.acc_sum, state)
+    after = loss(pred, labels.clamp(max=3))  # the group is still usable
+    torch.save({'errors': errors, 'unchanged': unchanged, 'after': after},
+               os.path.join(out_dir, f'{rank}.pt'))
+    dist.destroy_process_group()
+
+
+def test_bad_labels_on_one_rank_raise_on_every_rank_under_sync(tmp_path):
+    """Synced, a rank that raised alone would leave the other in the all-reduce."""
+    import time
+
+    import torch.multiprocessing as mp
+    context = mp.spawn(_bad_labels_worker, args=(str(tmp_path / 'init'), str(tmp_path)),
+                       nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError('a rank hangs')
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f'{rank}.pt', weights_only=True)
+        assert len(result['errors']) == 1, rank
+        assert result['errors'][0].startswith(r'target: labels must lie in [0, 3]')
+        assert ('another rank' in result['errors'][0]) == (rank == 0)
+        assert result['unchanged'] and torch.isfinite(result['after'])
