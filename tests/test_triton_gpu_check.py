@@ -20,7 +20,7 @@ def test_gpu_check_dry_run_writes_a_passing_report(tmp_path):
     by_step = {}
     for check in report['checks']:
         by_step.setdefault(check['step'], []).append(check)
-    assert set(by_step) == {'env', 'sigmoid', 'parity', 'syncs', 'bigoffs'}
+    assert set(by_step) == {'env', 'sigmoid', 'parity', 'syncs', 'bigoffs', 'timing'}
     parity = by_step['parity']
     assert len(parity) >= 8 and all(c['status'] == 'PASS' for c in parity)
     assert any('vs mmdet' in c['detail'] and 'EMA state equal' in c['detail'] for c in parity)
