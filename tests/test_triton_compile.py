@@ -64,6 +64,11 @@ def _compile_all() -> dict:
                               **reg_options),
         'ghmr_grad': ptx(K.ghmr_grad_kernel, common, dict(reg, ELEMENTWISE=True), **reg_options),
         'ghmr_elementwise_loss': ptx(K.ghmr_elementwise_loss_kernel, common, reg, **reg_options),
+        'ghmc_histogram_f64': ptx(K.ghmc_histogram_kernel, dict(
+            common, pred_ptr='*fp64', sums_part_ptr='*fp64'), dict(
+                cls, CDT=tl.float64, BLOCK=P.CLS_BLOCK_F64, SLOTS_P2=32), **cls_options),
+        'sigmoid': ptx(K.sigmoid_kernel, common, dict(EXACT=True, BLOCK=1024), num_warps=4,
+                       enable_fp_fusion=P.CLS_FP_FUSION),
         'reduce': ptx(K.slot_partials_reduce_kernel, common, dict(RBLOCK=P.REDUCE_BLOCK),
                       num_warps=P.REDUCE_WARPS, enable_fp_fusion=False),
     }
@@ -86,9 +91,11 @@ def test_every_kernel_compiles_for_sm90(ptx):
 
 
 def test_ghmc_sigmoid_is_cuda_expf_and_ieee_division(ptx):
-    for name in ('ghmc_histogram', 'ghmc_histogram_soft', 'ghmc_grad', 'ghmc_elementwise_loss'):
+    for name in ('ghmc_histogram', 'ghmc_histogram_soft', 'ghmc_grad', 'ghmc_elementwise_loss',
+                 'sigmoid'):
         assert re.search(r'fma\.rm\.f32', ptx[name]), name  # libdevice expf's rounding step
         assert re.search(r'div\.rn\.f32', ptx[name]), name
+    assert re.search(r'div\.rn\.f64', ptx['ghmc_histogram_f64'])
 
 
 def test_ghmr_kernels_have_no_fma_and_ieee_sqrt_and_division(ptx):
