@@ -282,3 +282,30 @@ def test_histogram_and_gradient_are_bitwise_reproducible():
         runs.append((counts, sums, backend.grad(torch.linspace(0, 1, 32))))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+def test_non_finite_valid_element_poisons_the_call_ignored_one_does_not():
+    """A NaN logit (or +inf at a negative) of a valid element: NaN loss, EMA state untouched
+    (no host sync to raise, as the CPU path does). An ignored element never matters: the same
+    loss, gradient and state as mmdet's on the input with that element replaced."""
+    pred, labels, row_weight = _cls_random(40, 5, seed=9)
+    row_weight[3] = 0
+    density = GradientDensity(10, 0.75, CLS_LAST_EDGE)
+    mm = MMDetGHMC(bins=10, momentum=0.75)
+    _run(lambda x: ghmc_loss(x, labels, None, row_weight, density, backend='triton'), pred)
+    mm(pred, labels, row_weight)
+    state = density.acc_sum.clone()
+    for bad in (float('nan'), float('inf')):
+        poisoned = pred.clone()
+        poisoned[5, 0 if labels[5] != 0 else 1] = bad  # a valid negative
+        loss = ghmc_loss(poisoned, labels, None, row_weight, density, backend='triton')
+        assert torch.isnan(loss) and torch.equal(density.acc_sum, state)
+    ignored = pred.clone()
+    ignored[3] = float('nan')
+    ours = _run(lambda x: ghmc_loss(x, labels, None, row_weight, density, backend='triton'),
+                ignored)
+    theirs = _run(lambda x: mm(x, labels, row_weight), pred)
+    torch.testing.assert_close(ours[0], theirs[0], **TOL)
+    torch.testing.assert_close(ours[1][row_weight > 0], theirs[1][row_weight > 0], **TOL)
+    assert torch.equal(ours[1][3], torch.zeros_like(ours[1][3]))
+    assert torch.equal(density.acc_sum, mm.acc_sum)
