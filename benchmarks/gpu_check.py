@@ -135,7 +135,7 @@ def load_ghm(report: Report):
     ghm_loss module or None)."""
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    ns = types.SimpleNamespace(mmdet_ghm_loss=None)
+    ns = types.SimpleNamespace(mmdet_ghm_loss=None, losses=None)
     try:
         try:
             import mmcv  # noqa: F401
@@ -144,6 +144,7 @@ def load_ghm(report: Report):
             pass
         import mmdet_ghm  # noqa: F401  (registers ours in mmdet's registry)
         ns.mmdet_ghm_loss = importlib.import_module('mmdet.models.losses.ghm_loss')
+        ns.losses = importlib.import_module('mmdet_ghm.losses')
         report.info['mmdet'] = 'imported: parity against mmdet\'s GHMC/GHMR runs'
     except Exception as e:  # noqa: BLE001
         report.info['mmdet'] = (f'not importable ({type(e).__name__}: {str(e)[:120]}): mmdet '
@@ -486,6 +487,19 @@ def step_syncs(R, G, torch, dev):
             p, rt, rw, rd, reduction=red), rp)
         paths[f'ghmr_noweight_{red}'] = (lambda p, red=red: G.function.ghmr_loss(
             p, rt, None, rd, reduction=red), rp)
+
+    if G.losses is not None:  # the public modules too (their input checks must not sync)
+        ghmc = G.losses.GHMC(bins=30, momentum=0.75).to(dev)
+        ghmr = G.losses.GHMR(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0).to(dev)
+        for red in ('mean', 'sum', 'none'):
+            paths[f'GHMC_module_labels_rowweight_{red}'] = (
+                lambda p, red=red: ghmc(p, labels, row_w, reduction_override=red), x)
+            paths[f'GHMC_module_soft_noweight_{red}'] = (
+                lambda p, red=red: ghmc(p, soft, reduction_override=red), x)
+            paths[f'GHMR_module_weight_{red}'] = (
+                lambda p, red=red: ghmr(p, rt, rw, reduction_override=red), rp)
+            paths[f'GHMR_module_noweight_{red}'] = (
+                lambda p, red=red: ghmr(p, rt, reduction_override=red), rp)
 
     def one(name, fn, p0):
         run_fb(torch, fn, p0)  # compile first
