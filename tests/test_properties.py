@@ -104,11 +104,21 @@ def _layout(base: torch.Tensor, layout: str):
         leaf = torch.cat([torch.zeros(1, *base.shape[1:], dtype=base.dtype), base]) \
             .requires_grad_()
         return leaf, leaf[1:]
+    if layout == 'expanded':  # stride 0 over the first dim: every row is the first
+        leaf = base[:1].clone().requires_grad_()
+        return leaf, leaf.expand(base.shape)
     if layout == 'channels_last':
         leaf = base.contiguous(memory_format=torch.channels_last).requires_grad_()
         return leaf, leaf
     leaf = base.clone().requires_grad_()
     return leaf, leaf
+
+
+def _with_layout_values(base: torch.Tensor, layout: str) -> torch.Tensor:
+    """base with the values the layout can hold (an expanded view repeats its first row)."""
+    if layout == 'expanded' and base.shape[0] > 0:
+        return base[:1].expand(base.shape).clone()
+    return base
 
 
 def _backward(value: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
@@ -133,7 +143,10 @@ def _ghmc_target(kind: str, labels: torch.Tensor, c: int, gen) -> torch.Tensor:
         return onehot
     if kind == 'onehot_int':
         return onehot.long()
-    return torch.rand(labels.numel(), c, generator=gen)  # soft targets in [0, 1)
+    soft = torch.rand(labels.numel(), c, generator=gen)
+    if kind == 'soft_wide':  # outside [0, 1] too: g may exceed the last edge (in no bin)
+        return soft * 1.6 - 0.3
+    return soft  # soft targets in [0, 1)
 
 
 def _ghmc_weight(kind: str, n: int, c: int, gen):
@@ -168,15 +181,15 @@ def _mmdet_ghmc_args(target, weight, n, c, target_kind, weight_kind):
 
 def _ghmc_sanitized(pred, soft, valid):
     """mmdet's number for our answer: logits whose loss has a finite limit replaced by a
-    saturated finite logit of the same bin; ignored elements by 0. None if some valid element's
+    saturated finite logit of the same bin; ignored NaN by 0. None if some valid element's
     loss is not finite (the call must raise)."""
     x = pred.double()
-    bad = valid & (torch.isnan(x) | torch.isnan(soft) | ((x == math.inf) & (soft < 1))
-                   | ((x == -math.inf) & (soft > 0)))
+    bad = valid & (torch.isnan(x) | torch.isnan(soft) | ((x == math.inf) & (soft != 1))
+                   | ((x == -math.inf) & (soft != 0)))
     if bad.any():
         return None
     x = torch.where(x == math.inf, 200.0, torch.where(x == -math.inf, -200.0, x))
-    x = torch.where(valid, x, torch.zeros_like(x))
+    x = torch.where(torch.isnan(x), torch.zeros_like(x), x)  # ignored (else bad above)
     return x.to(pred.dtype)
 
 
@@ -199,10 +212,10 @@ def _bce_slack(x, soft, elementwise, reduction, ref_weight, valid):
        loss_weight=st.sampled_from([1.0, 0.5, 3.0]),
        reduction=st.sampled_from(REDUCTIONS),
        target_kind=st.sampled_from(['labels', 'labels_int32', 'onehot_float', 'onehot_int',
-                                    'soft']),
+                                    'soft', 'soft_wide']),
        weight_kind=st.sampled_from(['none', 'row', 'row1', 'elem', 'zeros']),
        dtype=st.sampled_from(list(DTYPES)), module_dtype=st.sampled_from(list(DTYPES)),
-       layout=st.sampled_from(['contiguous', 'transposed', 'strided', 'offset']),
+       layout=st.sampled_from(['contiguous', 'transposed', 'strided', 'offset', 'expanded']),
        scale=st.sampled_from([0.5, 3.0, 12.0]),
        specials=st.lists(st.sampled_from(SPECIALS), max_size=4),
        seed=st.integers(0, 2**16))
@@ -218,6 +231,7 @@ def test_ghmc_matches_mmdet(n, c, bins, momentum, loss_weight, reduction, target
     for call in range(2):
         base = torch.randn(n, c, generator=gen) * scale
         base = _place_specials(base, specials if call == 0 else (), edge_pool, gen).to(dtype)
+        base = _with_layout_values(base, layout)
         labels = torch.randint(0, c + 1, (n,), generator=gen)
         target = _ghmc_target(target_kind, labels, c, gen)
         weight = _ghmc_weight(weight_kind, n, c, gen)
@@ -289,15 +303,16 @@ def _ghmr_weight(kind, shape, gen):
 
 def _ghmr_sanitized(pred, target, valid, mu):
     """None if a valid element's loss is not finite (NaN / inf / overflowing d * d: the call must
-    raise); else the inputs with ignored elements set to 0 (mmdet's NaN there means nothing)."""
+    raise); else the inputs with the ignored elements whose loss is not finite set to 0 (mmdet's
+    NaN there means nothing)."""
     d = pred.float() - target.float()  # what is computed in float32
     if pred.dtype == torch.float64:
         d = pred - target
-    loss = torch.sqrt(d * d + mu * mu) - mu
-    if (valid & ~torch.isfinite(loss)).any():
+    finite = torch.isfinite(torch.sqrt(d * d + mu * mu) - mu)
+    if (valid & ~finite).any():
         return None
     zero = torch.zeros_like(pred)
-    return torch.where(valid, pred, zero), torch.where(valid, target, zero.to(target.dtype))
+    return torch.where(finite, pred, zero), torch.where(finite, target, zero.to(target.dtype))
 
 
 @given(shape=st.sampled_from(GHMR_SHAPES), bins=st.integers(1, 64), momentum=momenta,
@@ -305,7 +320,8 @@ def _ghmr_sanitized(pred, target, valid, mu):
        loss_weight=st.sampled_from([1.0, 10.0]), reduction=st.sampled_from(REDUCTIONS),
        weight_kind=st.sampled_from(['none', 'elem', 'row1', 'zeros']),
        dtype=st.sampled_from(list(DTYPES)), module_dtype=st.sampled_from(list(DTYPES)),
-       layout=st.sampled_from(['contiguous', 'transposed', 'strided', 'offset', 'channels_last']),
+       layout=st.sampled_from(['contiguous', 'transposed', 'strided', 'offset', 'expanded',
+                               'channels_last']),
        specials=st.lists(st.sampled_from(SPECIALS), max_size=4),
        seed=st.integers(0, 2**16))
 def test_ghmr_matches_mmdet(shape, bins, momentum, mu, loss_weight, reduction, weight_kind,
@@ -325,7 +341,7 @@ def test_ghmr_matches_mmdet(shape, bins, momentum, mu, loss_weight, reduction, w
         target = torch.zeros(shape)
         if 'big' in specials and call == 0 and base.numel():  # a finite d whose square overflows
             base.view(-1)[0] = 3e20
-        base, target = base.to(dtype), target.to(dtype)
+        base, target = _with_layout_values(base.to(dtype), layout), target.to(dtype)
         weight = _ghmr_weight(weight_kind, shape, gen)
         ref_weight = torch.ones(shape) if weight is None else weight
         valid = (ref_weight > 0).expand(shape)
