@@ -143,6 +143,8 @@ def _ghmc_target(kind: str, labels: torch.Tensor, c: int, gen) -> torch.Tensor:
         return onehot
     if kind == 'onehot_int':
         return onehot.long()
+    if kind == 'onehot_bool':
+        return onehot.bool()
     soft = torch.rand(labels.numel(), c, generator=gen)
     if kind == 'soft_wide':  # outside [0, 1] too: g may exceed the last edge (in no bin)
         return soft * 1.6 - 0.3
@@ -212,7 +214,7 @@ def _bce_slack(x, soft, elementwise, reduction, ref_weight, valid):
        loss_weight=st.sampled_from([1.0, 0.5, 3.0]),
        reduction=st.sampled_from(REDUCTIONS),
        target_kind=st.sampled_from(['labels', 'labels_int32', 'onehot_float', 'onehot_int',
-                                    'soft', 'soft_wide']),
+                                    'onehot_bool', 'soft', 'soft_wide']),
        weight_kind=st.sampled_from(['none', 'row', 'row1', 'elem', 'zeros']),
        dtype=st.sampled_from(list(DTYPES)), module_dtype=st.sampled_from(list(DTYPES)),
        layout=st.sampled_from(['contiguous', 'transposed', 'strided', 'offset', 'expanded']),
