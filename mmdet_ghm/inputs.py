@@ -183,7 +183,6 @@ class GHMRInputs(NamedTuple):
     pred: Tensor                   # box regressions, any floating dtype
     target: Tensor                 # pred's shape
     label_weight: Optional[Tensor]  # pred's shape or None
-    tot: Optional[Tensor]          # 0-dim float32 normalizer for a broadcast weight, else None
 
 
 def ghmr_inputs(pred, target, label_weight) -> GHMRInputs:
@@ -197,7 +196,6 @@ def ghmr_inputs(pred, target, label_weight) -> GHMRInputs:
     if target.shape != pred.shape:
         raise GHMArgumentError(f'target must have the shape of pred {tuple(pred.shape)}, '
                                f'got {tuple(target.shape)}')
-    tot = None
     if label_weight is not None:
         label_weight = _check_tensor('label_weight', label_weight, pred)
         if label_weight.shape != pred.shape:
@@ -205,6 +203,8 @@ def ghmr_inputs(pred, target, label_weight) -> GHMRInputs:
                 raise GHMArgumentError(
                     f'label_weight must have pred\'s shape {tuple(pred.shape)} or broadcast to '
                     f'it (or be None), got {tuple(label_weight.shape)}')
-            tot = label_weight.to(torch.float32).sum()
-            label_weight = label_weight.expand(pred.shape)
-    return GHMRInputs(pred, target, label_weight, tot)
+            # Broadcasting repeats every weight `copies` times; GHM-R uses the values only
+            # through their sum (tot), which mmdet takes over the weight as given.
+            copies = pred.numel() // max(label_weight.numel(), 1)
+            label_weight = (label_weight.float() / max(copies, 1)).expand(pred.shape)
+    return GHMRInputs(pred, target, label_weight)

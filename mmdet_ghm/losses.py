@@ -203,6 +203,5 @@ class GHMR(_GHMLoss):
         """
         reduction = self._reduction(reduction_override)
         x = ghmr_inputs(pred, target, label_weight)
-        extra = {} if x.tot is None else dict(tot=x.tot)  # TEMP until CORE's ghmr_loss has tot
         return ghmr_loss(x.pred, x.target, x.label_weight, self.density, check_mu(self.mu),
-                         self.loss_weight, reduction, **extra)
+                         self.loss_weight, reduction)
