@@ -77,7 +77,7 @@ def _soft_bce(x: Tensor, t: Tensor) -> Tensor:
 SPREAD_COPIES, SPREAD_STRIDE = 4, 64
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)  # chunk sizes, plus the sizes of the FPN levels
 def _spread_offsets(numel: int) -> Tensor:
     return ((torch.arange(numel) % SPREAD_COPIES) * SPREAD_STRIDE).to(torch.uint8)
 
@@ -335,7 +335,8 @@ class RegressionCPU(GHMBackend):
 
     def histogram(self) -> Tuple[Tensor, Tensor]:
         d, root = self._diff_root()
-        slots = self.binning.slots((d / root).abs_())
+        # g = |d| / sqrt(d^2 + mu^2) <= 1: inside mmdet's last GHM-R bin (edge 1e3) at worst
+        slots = self.binning.slots((d / root).abs_(), above_one=False)
         if self.valid is not None:
             slots.mul_(self.valid)
         self.slots = slots
@@ -343,7 +344,8 @@ class RegressionCPU(GHMBackend):
 
     def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
         _, root = self._diff_root()
-        w = slot_weight.to(self.dtype)[self.slots.long()]
+        slot_weight = slot_weight.to(self.dtype)
+        w = _gather_slots(slot_weight, _slot_pair_table(slot_weight), self.slots)
         out = (root - self.mu) * w * loss_weight
         if not bool(torch.isfinite(out).all()):  # inf * 0 of an invalid element: 0
             out.masked_fill_(w == 0, 0.0)
@@ -352,7 +354,8 @@ class RegressionCPU(GHMBackend):
     def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor] = None,
              loss_weight: float = 1.0) -> Tensor:
         d, root = self._diff_root()
-        scale = slot_scale.to(self.dtype)[self.slots.long()]
+        slot_scale = slot_scale.to(self.dtype)
+        scale = _gather_slots(slot_scale, _slot_pair_table(slot_scale), self.slots)
         if grad_out is not None:
             scale = (grad_out.detach().reshape(-1).to(self.dtype) * loss_weight) * scale
         # autograd's order through sqrt(d * d + mu^2): (scale / (2 r)) * d, twice (from d * d).
