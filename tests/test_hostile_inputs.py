@@ -93,18 +93,20 @@ def test_bias_correction_fades_out():
 
 
 def test_kernel_offsets_are_int64_by_construction():
-    """Every kernel forms its element offsets from an int64 program id, so an element past
-    2 ** 31 (row = offset // C included) is addressed without overflow; the launchers pass numel
-    as a Python int, which Triton types as int64 past 2 ** 31. (A real 2 ** 31-element run needs
-    8 GiB per input and hours in the interpreter: it belongs on a GPU.)"""
+    """Every per-element kernel forms its block's base offset through ``_block``, which widens
+    the program id to int64 before multiplying, so an element past 2 ** 31 is addressed without
+    overflow. (A real 2 ** 31-element run needs 8 GiB per input and hours in the interpreter:
+    it belongs on a GPU.)"""
     import inspect
 
     from mmdet_ghm.ops import triton_kernels as K
-    kernels = [K.ghmc_histogram_kernel, K.ghmc_loss_kernel, K.ghmc_grad_kernel,
-               K.ghmr_histogram_kernel, K.ghmr_loss_kernel, K.ghmr_grad_kernel]
+    assert 'pid.to(tl.int64) * BLOCK' in inspect.getsource(K._block.fn)
+    kernels = [getattr(K, name) for name in dir(K) if name.endswith('_kernel')
+               and name != 'slot_partials_reduce_kernel']
+    assert len(kernels) >= 6
     for kernel in kernels:
         source = inspect.getsource(kernel.fn)
-        assert 'tl.program_id(0).to(tl.int64)' in source, kernel.fn.__name__
+        assert '_block(' in source, kernel.fn.__name__
         assert 'tl.program_id(0) *' not in source, kernel.fn.__name__
 
 
