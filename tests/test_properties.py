@@ -15,6 +15,7 @@ The hypothesis profile (tests/conftest.py) is derandomized: the same examples on
 import copy
 import functools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from mmdet.models.losses.ghm_loss import GHMC as MMDetGHMC
 from mmdet.models.losses.ghm_loss import GHMR as MMDetGHMR
 
 from mmdet_ghm import GHMC, GHMR
+from mmdet_ghm.ops import ghmc_loss, ghmr_loss
 from test_independent_reference import edge_neighbourhood, mmdet_edges
 
 DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float32': torch.float32,
@@ -471,3 +473,122 @@ def test_layout_and_threads_do_not_change_the_bits(bins, classes, seed):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Triton path (run by the interpreter on CPU tensors) against mmdet on the same inputs
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(os.environ.get('TRITON_INTERPRET') != '1',
+                    reason='the Triton path on CPU tensors needs TRITON_INTERPRET=1 (conftest)')
+@given(n=st.integers(0, 24), c=st.integers(1, 6), bins=st.integers(1, 64), momentum=momenta,
+       reduction=st.sampled_from(REDUCTIONS), labels_given=st.booleans(),
+       weight_kind=st.sampled_from(['none', 'row', 'elem', 'zeros']),
+       dtype=st.sampled_from(list(DTYPES)),
+       specials=st.lists(st.sampled_from(SPECIALS[1:]), max_size=3),  # no edge values: the
+       seed=st.integers(0, 2**16))  # interpreter's numpy exp is not PyTorch's sigmoid
+def test_triton_ghmc_matches_mmdet(n, c, bins, momentum, reduction, labels_given, weight_kind,
+                                   dtype, specials, seed):
+    """Where a valid element's loss is not finite the Triton path cannot raise without a host
+    sync: the loss is NaN and the state is left as it was."""
+    gen = torch.Generator().manual_seed(seed)
+    dtype = DTYPES[dtype]
+    ours, ref = GHMC(bins, momentum), MMDetGHMC(bins, momentum)
+    for call in range(2):
+        base = _place_specials(torch.randn(n, c, generator=gen) * 3,
+                               specials if call == 0 else (), torch.zeros(0), gen).to(dtype)
+        labels = torch.randint(0, c + 1, (n,), generator=gen)
+        onehot = _ghmc_target('onehot_float', labels, c, gen)
+        weight = _ghmc_weight(weight_kind, n, c, gen)
+        ref_weight = torch.ones(n, c) if weight is None else (
+            weight[:, None].expand(n, c) if weight.dim() == 1 else weight)
+        valid = ref_weight > 0
+        sane = _ghmc_sanitized(base, onehot.double(), valid)
+        lab, tgt = (labels, None) if labels_given else (None, onehot)
+
+        pred = base.clone().requires_grad_()
+        state = ours.density.acc_sum.clone()
+        value = ghmc_loss(pred, lab, tgt, weight, ours.density, 1.0, reduction,
+                          backend='triton')
+        if sane is None:
+            assert torch.isnan(value).all()
+            assert torch.equal(ours.density.acc_sum, state)
+            continue
+        grad = _backward(value, pred)
+        ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        ref_pred = sane.to(ref_dtype).requires_grad_()
+        with torch.no_grad():
+            elementwise = copy.deepcopy(ref)(sane.to(ref_dtype), onehot, ref_weight,
+                                             reduction_override='none').double()
+        ref_value = ref(ref_pred, onehot, ref_weight,
+                        reduction_override='none' if reduction != 'mean' else 'mean')
+        if reduction == 'sum':
+            ref_value = ref_value.sum()
+        ref_grad = _backward(ref_value, ref_pred)
+        slack = _bce_slack(sane, onehot.double(), elementwise, reduction, ref_weight, valid)
+
+        assert grad.dtype == dtype and torch.isfinite(grad).all()
+        if momentum > 0:
+            assert torch.equal(ours.density.acc_sum, ref.acc_sum), call
+        error = (value.double() - ref_value.double()).abs()
+        assert (error <= 2e-5 * ref_value.double().abs() + slack + 1e-7).all(), \
+            f'loss {value} vs mmdet {ref_value}'
+        if dtype in (torch.float16, torch.bfloat16):
+            torch.testing.assert_close(grad, ref_grad.to(dtype))
+        else:
+            torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=2e-5, atol=1e-8)
+
+
+@pytest.mark.skipif(os.environ.get('TRITON_INTERPRET') != '1',
+                    reason='the Triton path on CPU tensors needs TRITON_INTERPRET=1 (conftest)')
+@given(shape=st.sampled_from([(0, 4), (1, 4), (9, 4), (3, 5, 4)]), bins=st.integers(1, 64),
+       momentum=momenta, mu=st.sampled_from([0.02, 0.1]), reduction=st.sampled_from(REDUCTIONS),
+       weight_kind=st.sampled_from(['none', 'elem', 'zeros']),
+       dtype=st.sampled_from(list(DTYPES)), transposed=st.booleans(),
+       specials=st.lists(st.sampled_from(SPECIALS[1:]), max_size=3),
+       seed=st.integers(0, 2**16))
+def test_triton_ghmr_matches_mmdet(shape, bins, momentum, mu, reduction, weight_kind, dtype,
+                                   transposed, specials, seed):
+    gen = torch.Generator().manual_seed(seed)
+    dtype = DTYPES[dtype]
+    ours, ref = GHMR(mu, bins, momentum), MMDetGHMR(mu, bins, momentum)
+    for call in range(2):
+        base = _place_specials(torch.randn(shape, generator=gen) * mu * 4,
+                               specials if call == 0 else (), torch.zeros(0), gen)
+        if 'big' in specials and call == 0 and base.numel():
+            base.view(-1)[0] = 3e20
+        base, target = base.to(dtype), torch.zeros(shape, dtype=dtype)
+        weight = _ghmr_weight(weight_kind, shape, gen)
+        ref_weight = torch.ones(shape) if weight is None else weight
+        sane = _ghmr_sanitized(base, target, ref_weight > 0, mu)
+
+        leaf, pred = _layout(base, 'transposed' if transposed else 'contiguous')
+        _, target_view = _layout(target, 'transposed' if transposed else 'contiguous')
+        _, weight_view = (None, None) if weight is None else _layout(
+            weight, 'transposed' if transposed else 'contiguous')
+        state = ours.density.acc_sum.clone()
+        value = ghmr_loss(pred, target_view.detach(),
+                          None if weight_view is None else weight_view.detach(), ours.density,
+                          mu, 1.0, reduction, backend='triton')
+        if sane is None:
+            assert torch.isnan(value).all()
+            assert torch.equal(ours.density.acc_sum, state)
+            continue
+        grad = _backward(value, leaf)
+        ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        ref_leaf, ref_pred = _layout(sane[0].to(ref_dtype),
+                                     'transposed' if transposed else 'contiguous')
+        ref_value = ref(ref_pred, sane[1].to(ref_dtype), ref_weight,
+                        reduction_override='none' if reduction != 'mean' else 'mean')
+        if reduction == 'sum':
+            ref_value = ref_value.sum()
+        ref_grad = _backward(ref_value, ref_leaf)
+
+        assert grad.dtype == dtype and torch.isfinite(grad).all()
+        if momentum > 0:
+            assert torch.equal(ours.density.acc_sum, ref.acc_sum), call
+        torch.testing.assert_close(value.double(), ref_value.double(), rtol=2e-5, atol=1e-7)
+        if dtype in (torch.float16, torch.bfloat16):
+            torch.testing.assert_close(grad, ref_grad.to(dtype))
+        else:
+            torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=2e-5, atol=1e-8)
