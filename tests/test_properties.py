@@ -592,3 +592,58 @@ def test_triton_ghmr_matches_mmdet(shape, bins, momentum, mu, reduction, weight_
             torch.testing.assert_close(grad, ref_grad.to(dtype))
         else:
             torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=2e-5, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ignored elements never matter, whatever their value
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('backend', ['cpu', 'triton'])
+@pytest.mark.parametrize('loss_name', ['ghmc', 'ghmr'])
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+@pytest.mark.parametrize('bad', [math.nan, math.inf, -math.inf, 3e20])
+def test_ignored_elements_change_nothing_whatever_their_value(backend, loss_name, reduction,
+                                                             bad):
+    """An element with label weight 0 holding NaN, +-inf or a value whose square overflows: the
+    same loss and state as with a 0 there, and a gradient of exactly 0 there (mmdet's NaN loss
+    means nothing: the element is ignored)."""
+    if backend == 'triton' and os.environ.get('TRITON_INTERPRET') != '1':
+        pytest.skip('the Triton path on CPU tensors needs TRITON_INTERPRET=1 (conftest)')
+    gen = torch.Generator().manual_seed(3)
+    if loss_name == 'ghmc':
+        clean = torch.randn(12, 3, generator=gen) * 2
+        labels = torch.randint(0, 4, (12,), generator=gen)
+        weight = torch.ones(12)
+        weight[[2, 7]] = 0
+
+        def run(pred, density):
+            return ghmc_loss(pred, labels, None, weight, density, 1.0, reduction,
+                             backend=backend)
+        density_of = lambda: GHMC(10, 0.75).density  # noqa: E731
+        ignored = [(2, 1), (7, 0)]
+    else:
+        clean = torch.randn(6, 4, generator=gen) * 0.05
+        weight = torch.ones(6, 4)
+        weight[1, 2] = weight[4, 0] = 0
+
+        def run(pred, density):
+            return ghmr_loss(pred, torch.zeros(6, 4), weight, density, 0.02, 1.0, reduction,
+                             backend=backend)
+        density_of = lambda: GHMR(0.02, 10, 0.7).density  # noqa: E731
+        ignored = [(1, 2), (4, 0)]
+    dirty = clean.clone()
+    for i, j in ignored:
+        clean[i, j] = 0.0
+        dirty[i, j] = bad
+    results = []
+    for values in (clean, dirty):
+        density = density_of()
+        pred = values.clone().requires_grad_()
+        value = run(pred, density)
+        results.append((value.detach(), _backward(value, pred), density.acc_sum.clone()))
+    (loss, grad, state), (dirty_loss, dirty_grad, dirty_state) = results
+    assert torch.equal(dirty_state, state)
+    torch.testing.assert_close(dirty_loss, loss, rtol=0, atol=0)
+    for i, j in ignored:
+        assert dirty_grad[i, j] == 0, f'gradient {float(dirty_grad[i, j])} at an ignored element'
+    torch.testing.assert_close(dirty_grad, grad, rtol=0, atol=0)
