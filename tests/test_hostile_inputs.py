@@ -394,3 +394,28 @@ def test_exact_ops_give_each_element_the_same_bits_at_any_position(op):
                                    reference[start:start + length])
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize('fn', ['cls', 'soft', 'reg'])
+def test_non_finite_ignored_elements_give_zero_gradient_and_loss(fn):
+    """An ignored element (label weight 0) never counts: NaN or inf there gives no error, a
+    zero gradient and a zero 'none' loss (mmdet's NaN * 0 would be NaN)."""
+    pred = torch.randn(40, 3)
+    pred[2, 1], pred[5, 0] = float('nan'), float('inf')
+    weight = torch.ones(40, 3)
+    weight[2, 1] = weight[5, 0] = 0.0
+    for reduction in ('mean', 'none'):
+        p = pred.clone().requires_grad_()
+        if fn == 'reg':
+            loss = ghmr_loss(p, torch.zeros(40, 3), weight, GradientDensity(10, 0.7, 1e3),
+                             reduction=reduction)
+        else:
+            labels = torch.randint(0, 4, (40,)) if fn == 'cls' else None
+            target = torch.rand(40, 3) if fn == 'soft' else None
+            loss = ghmc_loss(p, labels, target, weight, GradientDensity(10, 0.7),
+                             reduction=reduction)
+        (loss.sum() if reduction == 'none' else loss).backward()
+        assert torch.isfinite(loss).all() and torch.isfinite(p.grad).all()
+        assert p.grad[2, 1] == 0 and p.grad[5, 0] == 0
+        if reduction == 'none':
+            assert loss[2, 1] == 0 and loss[5, 0] == 0

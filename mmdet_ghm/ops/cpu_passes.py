@@ -181,6 +181,9 @@ class ClassificationCPU(GHMBackend):
             self.positive_rows = rows
             self.positives = rows * self.C + labels[rows]  # ascending
         self.slots = torch.empty(self.numel, dtype=binning.slot_dtype)
+        # a NaN or inf among the ignored elements (their loss sum, slot 0): their gradient is
+        # then masked to 0 instead of NaN * 0
+        self.invalid_not_finite = False
 
     def _chunks(self):
         return [(a, min(a + CHUNK, self.numel)) for a in range(0, self.numel, CHUNK)]
@@ -262,6 +265,7 @@ class ClassificationCPU(GHMBackend):
             positive_counts, positive_sums = count_slots(slots, num_slots, bce)
             counts += positive_counts
             sums += positive_sums
+        self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
         return counts, sums
 
     def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
@@ -305,6 +309,8 @@ class ClassificationCPU(GHMBackend):
             if go is not None:
                 scale = (go[self.positives].to(self.dtype) * loss_weight) * scale
             grad[self.positives] = ((s - 1.0) * scale).to(self.pred_dtype)
+        if self.invalid_not_finite:  # NaN * 0 of an ignored element: 0
+            grad.masked_fill_(self.slots == 0, 0.0)
         return grad.view(self.M, self.C)
 
 
@@ -325,6 +331,7 @@ class RegressionCPU(GHMBackend):
         # mmdet adds the Python double mu * mu to the tensor: it is rounded to its dtype first.
         self.mu_sq = float(torch.tensor(self.mu * self.mu, dtype=self.dtype))
         self.slots: Optional[Tensor] = None
+        self.invalid_not_finite = False
 
     def _diff_root(self) -> Tuple[Tensor, Tensor]:
         d = self.pred.to(self.dtype) - self.target.to(self.dtype)
@@ -340,7 +347,9 @@ class RegressionCPU(GHMBackend):
         if self.valid is not None:
             slots.mul_(self.valid)
         self.slots = slots
-        return count_slots(slots, self.binning.num_slots, root - self.mu)
+        counts, sums = count_slots(slots, self.binning.num_slots, root - self.mu)
+        self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
+        return counts, sums
 
     def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
         _, root = self._diff_root()
@@ -360,4 +369,7 @@ class RegressionCPU(GHMBackend):
             scale = (grad_out.detach().reshape(-1).to(self.dtype) * loss_weight) * scale
         # autograd's order through sqrt(d * d + mu^2): (scale / (2 r)) * d, twice (from d * d).
         half = (scale / (2 * root)) * d
-        return (half + half).to(self.pred_dtype).view(self.shape)
+        grad = (half + half).to(self.pred_dtype)
+        if self.invalid_not_finite:  # NaN * 0 of an ignored element: 0
+            grad.masked_fill_(self.slots == 0, 0.0)
+        return grad.view(self.shape)
