@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Property tests draw the same examples on every run (CI must not fail on a new random draw);
 # HYPOTHESIS_PROFILE=explore searches afresh with more examples.
-settings.register_profile('ci', derandomize=True, database=None, deadline=None, max_examples=30,
+settings.register_profile('ci', derandomize=True, database=None, deadline=None, max_examples=60,
                           print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile('explore', deadline=None, max_examples=500,
                           suppress_health_check=[HealthCheck.too_slow])
