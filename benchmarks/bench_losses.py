@@ -8,6 +8,8 @@ with a fused focal loss as the reference too).
 
     python benchmarks/bench_losses.py [--threads 2] [--rounds 15] [--device cpu|cuda|all]
 
+"CPU ms" is the process's CPU time over the same call (all threads; on a shared, oversubscribed
+machine it is steadier than the wall time, which then measures the scheduler as much as the code).
 Extra peak memory is the peak of live tensor bytes over one call above what was live before it:
 on CPU from the profiler's allocation/free events (RSS would measure malloc's arenas and caching
 instead), on CUDA torch.cuda.max_memory_allocated. The gradient itself counts for every method.
@@ -76,8 +78,8 @@ def methods(device):
         def make():
             pred, labels, lw, onehot = cls_inputs(device)
             loss = make_loss()
-            if use_onehot:
-                return pred, lambda p: loss(p, onehot)
+            if use_onehot:  # the same label weights, broadcast over the classes
+                return pred, lambda p: loss(p, onehot, lw[:, None])
             return pred, lambda p: loss(p, labels, lw)
         return make
 
@@ -91,7 +93,8 @@ def methods(device):
     table = {
         'GHMC mmdet_ghm': ('cls', cls(lambda: GHMC(bins=30, momentum=0.75).to(device))),
         'GHMC mmdet': ('cls', cls(lambda: MMDetGHMC(bins=30, momentum=0.75).to(device))),
-        'BCE-with-logits': ('cls', cls(lambda: F.binary_cross_entropy_with_logits, True)),
+        'BCE-with-logits': ('cls', cls(lambda: lambda p, t, w: F.binary_cross_entropy_with_logits(
+            p, t, w), True)),
         'GHMR mmdet_ghm': ('reg', reg(lambda: GHMR(mu=0.02, bins=10, momentum=0.7).to(device))),
         'GHMR mmdet': ('reg', reg(lambda: MMDetGHMR(mu=0.02, bins=10, momentum=0.7).to(device))),
         'SmoothL1': ('reg', reg(lambda: lambda p, t, w: F.smooth_l1_loss(p * w, t * w,
@@ -134,7 +137,10 @@ def time_all(device, rounds):
             _time_round(built, samples, device)
     finally:
         gc.enable()
-    return {name: statistics.median(v) for name, v in samples.items()}
+    wall = {name: statistics.median(w for w, _ in v) for name, v in samples.items()}
+    cpu = {name: statistics.median(c for _, c in v) for name, v in samples.items()}
+    spread = {name: (min(w for w, _ in v), max(w for w, _ in v)) for name, v in samples.items()}
+    return wall, cpu, spread
 
 
 def _time_round(built, samples, device):
@@ -145,10 +151,11 @@ def _time_round(built, samples, device):
         # faults of getting memory back)
         fwd_bwd(fn, pred)
         sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fwd_bwd(fn, pred)
         sync(device)
-        samples[name].append((time.perf_counter() - start) * 1e3)
+        samples[name].append(((time.perf_counter() - start) * 1e3,
+                              (time.process_time() - cpu_start) * 1e3))
 
 
 def peak_memory_cuda(name):
@@ -182,20 +189,26 @@ def peak_memory_cpu(name):
     return peak / 2**20
 
 
-def report(device, times, memory):
+def report(device, times, memory, cpu_times=None, spread=None):
     rows = []
-    header = (f'| {device} | fwd+bwd ms | x plain loss | mmdet / this (time) | '
-              f'extra peak MiB | mmdet / this (memory) |')
+    header = (f'| {device} | fwd+bwd ms (min-max) | x plain loss | mmdet / this (time) | '
+              f'CPU ms | x plain (CPU) | extra peak MiB | mmdet / this (memory) |')
     rows.append(header)
-    rows.append('|' + '---|' * 6)
+    rows.append('|' + '---|' * 8)
+    cpu_times = cpu_times or {}
     for kind, ours, ref, plain in (('cls', 'GHMC mmdet_ghm', 'GHMC mmdet', 'BCE-with-logits'),
                                    ('reg', 'GHMR mmdet_ghm', 'GHMR mmdet', 'SmoothL1')):
         for name in [n for n in times if methods_kind(n) == kind]:
             t, m = times[name], memory[name]
             speed = f'{times[ref] / t:.1f}x' if name != ref else ''
             mem = f'{memory[ref] / m:.1f}x' if name != ref and m > 0 else ''
-            rows.append(f'| {name} | {t:.1f} | {t / times[plain]:.2f} | {speed} | {m:.1f} | '
-                        f'{mem} |')
+            low_high = f' ({spread[name][0]:.1f}-{spread[name][1]:.1f})' if spread else ''
+            c = cpu_times.get(name)
+            cpu = '' if c is None else f'{c:.1f}'
+            cpu_ratio = '' if c is None or not cpu_times.get(plain) else \
+                f'{c / cpu_times[plain]:.2f}'
+            rows.append(f'| {name} | {t:.1f}{low_high} | {t / times[plain]:.2f} | {speed} | '
+                        f'{cpu} | {cpu_ratio} | {m:.1f} | {mem} |')
     return '\n'.join(rows)
 
 
@@ -215,13 +228,13 @@ def main():
     print(f'torch {torch.__version__}, {args.threads} CPU threads, {N_ANCHORS} anchors x '
           f'{N_CLASSES} classes, median of {args.rounds} interleaved rounds')
     for device in devices:
-        times = time_all(device, args.rounds)
+        times, cpu_times, spread = time_all(device, args.rounds)
         if device == 'cuda':
             memory = {name: peak_memory_cuda(name) for name in times}
             print(f'GPU: {torch.cuda.get_device_name()}')
         else:
             memory = {name: peak_memory_cpu(name) for name in times}
-        print(report(device, times, memory))
+        print(report(device, times, memory, cpu_times if device == 'cpu' else None, spread))
         print()
 
 

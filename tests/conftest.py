@@ -9,6 +9,15 @@ os.environ.setdefault('TRITON_INTERPRET', '1')
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Property tests draw the same examples on every run (CI must not fail on a new random draw);
+# HYPOTHESIS_PROFILE=explore searches afresh with more examples.
+settings.register_profile('ci', derandomize=True, database=None, deadline=None, max_examples=60,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile('explore', deadline=None, max_examples=500,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 
 
 @pytest.fixture(autouse=True)

@@ -34,26 +34,28 @@ def test_non_finite_regression_raises_on_cpu():
 
 @pytest.mark.parametrize('fn', ['cls', 'reg'])
 def test_nan_on_the_device_path_never_enters_the_state(fn):
-    """The Triton path (run by the interpreter here) cannot raise without a sync: the NaN
-    element is left out of the counts, the loss is NaN, the other elements update the state."""
-    density, clean = GradientDensity(10, 0.75), GradientDensity(10, 0.75)
+    """The Triton path (run by the interpreter here) cannot raise without a sync: a NaN element
+    makes the loss NaN and leaves the EMA state as it was (the CPU path raises instead)."""
     pred = torch.rand(30, 4)
     if fn == 'cls':
+        density = GradientDensity(10, 0.75)
         run = lambda p, d: ghmc_loss(p, None, torch.zeros(30, 4), None, d, backend='triton')
     else:
-        density, clean = GradientDensity(10, 0.75, 1e3), GradientDensity(10, 0.75, 1e3)
+        density = GradientDensity(10, 0.75, 1e3)
         run = lambda p, d: ghmr_loss(p, torch.zeros(30, 4), None, d, backend='triton')
+    assert torch.isfinite(run(pred, density))
+    state = density.acc_sum.clone()
+    assert state.any()
     poisoned = pred.clone()
     poisoned[0, 0] = float('nan')
     assert torch.isnan(run(poisoned, density))
-    keep = torch.ones(30, 4, dtype=torch.bool)
-    keep[0, 0] = False
-    reference = pred[keep].view(-1, 1)  # the same elements without the NaN one
-    clean_loss = (ghmc_loss(reference, None, torch.zeros_like(reference), None, clean,
-                            backend='cpu') if fn == 'cls' else
-                  ghmr_loss(reference, torch.zeros_like(reference), None, clean, backend='cpu'))
-    assert torch.isfinite(clean_loss)
-    torch.testing.assert_close(density.acc_sum, clean.acc_sum)
+    assert torch.equal(density.acc_sum, state)
+    with pytest.raises(ValueError, match='NaN or inf'):
+        if fn == 'cls':
+            ghmc_loss(poisoned, None, torch.zeros(30, 4), None, density, backend='cpu')
+        else:
+            ghmr_loss(poisoned, torch.zeros(30, 4), None, density, backend='cpu')
+    assert torch.equal(density.acc_sum, state)
 
 
 def test_out_of_range_labels_on_the_device_path_give_nan_and_keep_the_state():
@@ -91,16 +93,329 @@ def test_bias_correction_fades_out():
 
 
 def test_kernel_offsets_are_int64_by_construction():
-    """Every kernel forms its element offsets from an int64 program id, so an element past
-    2 ** 31 (row = offset // C included) is addressed without overflow; the launchers pass numel
-    as a Python int, which Triton types as int64 past 2 ** 31. (A real 2 ** 31-element run needs
-    8 GiB per input and hours in the interpreter: it belongs on a GPU.)"""
+    """Every per-element kernel forms its block's base offset through ``_block``, which widens
+    the program id to int64 before multiplying, so an element past 2 ** 31 is addressed without
+    overflow. (A real 2 ** 31-element run needs 8 GiB per input and hours in the interpreter:
+    it belongs on a GPU.)"""
     import inspect
 
     from mmdet_ghm.ops import triton_kernels as K
-    kernels = [K.ghmc_histogram_kernel, K.ghmc_loss_kernel, K.ghmc_grad_kernel,
-               K.ghmr_histogram_kernel, K.ghmr_loss_kernel, K.ghmr_grad_kernel]
+    assert 'pid.to(tl.int64) * BLOCK' in inspect.getsource(K._block.fn)
+    kernels = [getattr(K, name) for name in dir(K) if name.endswith('_kernel')
+               and name != 'slot_partials_reduce_kernel']
+    assert len(kernels) >= 6
     for kernel in kernels:
         source = inspect.getsource(kernel.fn)
-        assert 'tl.program_id(0).to(tl.int64)' in source, kernel.fn.__name__
+        assert '_block(' in source, kernel.fn.__name__
         assert 'tl.program_id(0) *' not in source, kernel.fn.__name__
+
+
+# --- issue 13: the ops layer against mmdet 3.3's GHMC / GHMR where mmdet defines the answer ---
+
+from mmdet.models.losses.ghm_loss import GHMC as MMDetGHMC  # noqa: E402
+from mmdet.models.losses.ghm_loss import GHMR as MMDetGHMR  # noqa: E402
+
+
+def _cls_problem(n=300, c=7, scale=3.0):
+    pred = torch.randn(n, c) * scale
+    labels = torch.randint(0, c + 1, (n,))
+    weight = (torch.rand(n) > 0.2).float()
+    onehot = torch.zeros(n, c)
+    pos = labels < c
+    onehot[pos.nonzero().squeeze(1), labels[pos]] = 1.0
+    return pred, labels, weight, onehot
+
+
+def _loss_and_grad(fn, pred, reduction='mean'):
+    p = pred.clone().requires_grad_()
+    loss = fn(p)
+    (loss.sum() if reduction == 'none' else loss).backward()
+    return loss.detach(), p.grad
+
+
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_float64_pred_gives_mmdets_float64_loss(reduction):
+    """model.double(): mmdet computes in float64; so do we (the loss was 4e26 instead of 4.09)."""
+    pred, labels, weight, onehot = _cls_problem()
+    density, ref = GradientDensity(30, 0.75), MMDetGHMC(30, 0.75, reduction=reduction).double()
+    for _ in range(3):
+        loss, grad = _loss_and_grad(lambda p: ghmc_loss(p, labels, None, weight, density,
+                                                        reduction=reduction), pred.double(),
+                                    reduction)
+        ref_loss, ref_grad = _loss_and_grad(
+            lambda p: ref(p, onehot.double(), weight[:, None].expand_as(onehot).double()),
+            pred.double(), reduction)
+        assert loss.dtype == grad.dtype == torch.float64
+        # mmdet's .double() also turns its EMA state to float64; ours stays float32
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=1e-12)
+        torch.testing.assert_close(density.acc_sum.double(), ref.acc_sum, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_pred_is_computed_in_float32(dtype):
+    pred, labels, weight, onehot = _cls_problem()
+    pred = pred.to(dtype)
+    density, ref = GradientDensity(30, 0.75), MMDetGHMC(30, 0.75)
+    loss, grad = _loss_and_grad(lambda p: ghmc_loss(p, labels, None, weight, density), pred)
+    ref_loss, ref_grad = _loss_and_grad(
+        lambda p: ref(p.float(), onehot, weight[:, None].expand_as(onehot)), pred)
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, ref_grad)
+    assert torch.equal(density.acc_sum, ref.acc_sum)
+
+
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_soft_targets_outside_unit_interval_are_left_out_as_in_mmdet(reduction):
+    """g = |s - t| beyond the last edge falls in no bin: not counted, weight 0 (mmdet)."""
+    pred = torch.randn(200, 5) * 2
+    target = torch.rand(200, 5) * 3 - 1  # in [-1, 2]: about half outside [0, 1]
+    weight = (torch.rand(200, 5) > 0.2).float()
+    density, ref = GradientDensity(10, 0.7), MMDetGHMC(10, 0.7, reduction=reduction)
+    for _ in range(3):
+        loss, grad = _loss_and_grad(lambda p: ghmc_loss(p, None, target, weight, density,
+                                                        reduction=reduction), pred, reduction)
+        ref_loss, ref_grad = _loss_and_grad(lambda p: ref(p, target, weight), pred, reduction)
+        torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=1e-7)
+        torch.testing.assert_close(grad, ref_grad, rtol=2e-5, atol=1e-9)
+        assert torch.equal(density.acc_sum, ref.acc_sum)
+
+
+@pytest.mark.parametrize('fn', ['cls', 'reg'])
+def test_double_backward_equals_mmdets(fn):
+    """A gradient penalty (create_graph=True) differentiates the gradient: not a silent zero."""
+    if fn == 'cls':
+        pred, labels, weight, onehot = _cls_problem()
+        ours = lambda p, d: ghmc_loss(p, labels, None, weight, d)  # noqa: E731
+        ref = MMDetGHMC(30, 0.75)
+        theirs = lambda p: ref(p, onehot, weight[:, None].expand_as(onehot))  # noqa: E731
+        density = GradientDensity(30, 0.75)
+    else:
+        pred, target = torch.randn(50, 4) * 0.1, torch.randn(50, 4) * 0.1
+        weight = (torch.rand(50, 4) > 0.3).float()
+        ours = lambda p, d: ghmr_loss(p, target, weight, d)  # noqa: E731
+        ref = MMDetGHMR(bins=10, momentum=0.7)
+        theirs = lambda p: ref(p, target, weight)  # noqa: E731
+        density = GradientDensity(10, 0.7, 1e3)
+    results = []
+    for loss_fn in (lambda p: ours(p, density), theirs):
+        p = pred.clone().requires_grad_()
+        grad, = torch.autograd.grad(loss_fn(p), p, create_graph=True)
+        (grad.square().sum() * 1e3).backward()
+        results.append((grad.detach(), p.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-9)
+    assert results[1][1].abs().max() > 0
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-9)
+
+
+def test_torch_func_grad_equals_autograd():
+    pred, labels, weight, _ = _cls_problem()
+    expected = _loss_and_grad(lambda p: ghmc_loss(p, labels, None, weight,
+                                                  GradientDensity(30)), pred)[1]
+    got = torch.func.grad(lambda p: ghmc_loss(p, labels, None, weight, GradientDensity(30)))(pred)
+    assert torch.equal(got, expected)
+    target, w = torch.randn(20, 4), torch.ones(20, 4)
+    got = torch.func.grad(lambda p: ghmr_loss(p, target, w, GradientDensity(10, 0, 1e3)))(
+        torch.randn(20, 4))
+    assert got.shape == (20, 4) and got.abs().sum() > 0
+
+
+@pytest.mark.parametrize('fn', ['cls', 'reg'])
+def test_pred_modified_in_place_before_backward_is_detected(fn):
+    pred = torch.randn(30, 4, requires_grad=True)
+    p = pred * 1.0
+    if fn == 'cls':
+        loss = ghmc_loss(p, torch.randint(0, 5, (30,)), None, None, GradientDensity(10))
+    else:
+        loss = ghmr_loss(p, torch.zeros(30, 4), None, GradientDensity(10, 0, 1e3))
+    p.mul_(2.0)
+    with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+        loss.backward()
+
+
+def test_minus_inf_logits_finite_and_consistent_in_every_reduction():
+    """x = -inf at a negative: BCE's limit 0 and gradient 0 (mmdet's gradient and bins; its loss
+    is NaN from torch's formula): 'none' has no NaN and sums to what 'sum' gives."""
+    pred, labels, weight, onehot = _cls_problem()
+    pred[0] = -float('inf')
+    labels[0] = pred.shape[1]  # background row
+    onehot[0] = 0.0
+    losses = {}
+    for reduction in ('none', 'sum', 'mean'):
+        density = GradientDensity(30, 0.75)
+        losses[reduction], grad = _loss_and_grad(
+            lambda p: ghmc_loss(p, labels, None, weight, density, reduction=reduction), pred,
+            reduction)
+        if reduction != 'sum':  # mmdet's GHMC cannot sum (it always passes avg_factor)
+            ref = MMDetGHMC(30, 0.75, reduction=reduction)
+            _, ref_grad = _loss_and_grad(
+                lambda p: ref(p, onehot, weight[:, None].expand_as(onehot)), pred, reduction)
+            torch.testing.assert_close(grad, ref_grad, rtol=2e-5, atol=1e-9)
+            assert torch.equal(density.acc_sum, ref.acc_sum)
+    assert torch.isfinite(losses['none']).all() and (losses['none'][0] == 0).all()
+    torch.testing.assert_close(losses['none'].sum(), losses['sum'], rtol=1e-5, atol=0)
+    assert torch.isfinite(losses['mean'])
+
+
+@pytest.mark.parametrize('layout', ['permuted', 'transposed', 'channels_last'])
+def test_ghmr_on_non_contiguous_pred_equals_mmdet(layout):
+    pred, target = torch.randn(2, 4, 3, 5) * 0.1, torch.randn(2, 4, 3, 5) * 0.1
+    weight = (torch.rand(2, 4, 3, 5) > 0.3).float()
+    if layout == 'permuted':
+        make = lambda t: t.permute(0, 2, 3, 1)  # noqa: E731
+    elif layout == 'transposed':
+        make = lambda t: t.reshape(24, 5).t()  # noqa: E731
+    else:
+        make = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    p = make(pred.clone()).requires_grad_()
+    assert layout == 'channels_last' or not p.is_contiguous()
+    density, ref = GradientDensity(10, 0.7, 1e3), MMDetGHMR(bins=10, momentum=0.7)
+    loss = ghmr_loss(p, make(target), make(weight), density)
+    loss.backward()
+    r = make(pred.clone()).contiguous().requires_grad_()
+    ref_loss = ref(r, make(target).contiguous(), make(weight).contiguous())
+    ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=0)
+    torch.testing.assert_close(p.grad, r.grad, rtol=2e-5, atol=1e-9)
+    assert torch.equal(density.acc_sum, ref.acc_sum)
+
+
+@pytest.mark.parametrize('shape', [(6, 0), (0, 5)])
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_ghmc_zero_classes_or_rows_as_mmdet(shape, reduction):
+    n, c = shape
+    density, ref = GradientDensity(10, 0.7), MMDetGHMC(10, 0.7, reduction=reduction)
+    labels = torch.full((n,), c, dtype=torch.int64)
+    loss, grad = _loss_and_grad(lambda p: ghmc_loss(p, labels, None, torch.ones(n), density,
+                                                    reduction=reduction), torch.randn(shape),
+                                reduction)
+    ref_loss, ref_grad = _loss_and_grad(lambda p: ref(p, torch.zeros(shape), torch.ones(shape)),
+                                        torch.randn(shape), reduction)
+    assert loss.shape == ref_loss.shape and grad.shape == ref_grad.shape
+    torch.testing.assert_close(loss, ref_loss)
+    assert not density.acc_sum.any()
+
+
+def test_ghmr_square_overflow_is_named_and_ignored_elements_never_raise():
+    pred, target = torch.randn(20, 4) * 0.1, torch.randn(20, 4) * 0.1
+    weight = torch.ones(20, 4)
+    pred[3, 1] = 3e19  # finite; its square overflows float32
+    with pytest.raises(ValueError, match='overflows') as info:
+        ghmr_loss(pred, target, weight, GradientDensity(10, 0.7, 1e3))
+    assert 'NaN' not in str(info.value)
+    weight[3, 1] = 0.0  # ignored: no error, and the other elements give mmdet's loss
+    density, ref = GradientDensity(10, 0.7, 1e3), MMDetGHMR(bins=10, momentum=0.7)
+    loss, grad = _loss_and_grad(lambda p: ghmr_loss(p, target, weight, density), pred)
+    tame = pred.clone()
+    tame[3, 1] = 0.0  # mmdet would give NaN (inf * 0): compare with the element made harmless
+    ref_loss, ref_grad = _loss_and_grad(lambda p: ref(p, target, weight), tame)
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=2e-5, atol=1e-9)
+    assert torch.equal(density.acc_sum, ref.acc_sum)
+    with pytest.raises(ValueError, match='NaN or inf'):
+        ghmr_loss(torch.full((2, 4), float('nan')), torch.zeros(2, 4), None,
+                  GradientDensity(10, 0.7, 1e3))
+
+
+def test_ghmr_same_state_loss_and_gradient_whatever_the_thread_count():
+    """GHM-R's sqrt is not correctly rounded in PyTorch's vectorized CPU loop: the same
+    results on 1, 2 and 3 threads all the same."""
+    previous = torch.get_num_threads()
+    # differences whose g = |d| / sqrt(d^2 + mu^2) lies within a few ulps of a bin edge
+    edges = torch.arange(1, 10, dtype=torch.float64) / 10
+    d = (edges * 0.02 / (1 - edges ** 2).sqrt()).float()
+    near = d.view(torch.int32)[:, None] + torch.arange(-2000, 2000, dtype=torch.int32)
+    pred = torch.cat([near.view(-1).view(torch.float32), torch.randn(280004 - near.numel())
+                      * 0.05])[torch.randperm(280004)].view(70001, 4)
+    target = torch.zeros(70001, 4)
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            density = GradientDensity(10, 0.7, 1e3)
+            out = [_loss_and_grad(lambda p: ghmr_loss(p, target, None, density), pred)
+                   for _ in range(2)]
+            results.append((out, density.acc_sum.clone()))
+    finally:
+        torch.set_num_threads(previous)
+    for out, state in results[1:]:
+        assert torch.equal(state, results[0][1])
+        for (loss, grad), (loss0, grad0) in zip(out, results[0][0]):
+            assert torch.equal(loss, loss0) and torch.equal(grad, grad0)
+
+
+@pytest.mark.parametrize('targets', ['labels', 'soft'])
+def test_same_state_loss_and_gradient_whatever_the_thread_count(targets):
+    """The sigmoid's vectorized and scalar loops round differently; PyTorch's thread split
+    decides which elements take the scalar one. Ours does not depend on it: bitwise the same
+    results on 1, 2 and 3 threads, for sizes that are not multiples of anything."""
+    previous = torch.get_num_threads()
+    pred = torch.randn(70001, 13) * 3 - 2
+    labels = torch.randint(0, 14, (70001,))
+    target = torch.rand(70001, 13) if targets == 'soft' else None
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            density = GradientDensity(30, 0.75)
+            out = [_loss_and_grad(lambda p: ghmc_loss(
+                p, labels if target is None else None, target, None, density), pred)
+                for _ in range(2)]
+            results.append((out, density.acc_sum.clone()))
+    finally:
+        torch.set_num_threads(previous)
+    for out, state in results[1:]:
+        assert torch.equal(state, results[0][1])
+        for (loss, grad), (loss0, grad0) in zip(out, results[0][0]):
+            assert torch.equal(loss, loss0) and torch.equal(grad, grad0)
+
+
+@pytest.mark.parametrize('op', [torch.sigmoid, torch.sqrt, torch.log1p])
+def test_exact_ops_give_each_element_the_same_bits_at_any_position(op):
+    """The ops whose vectorized and scalar loops round differently (the binning depends on
+    sigmoid and sqrt) are evaluated so that an element's bits depend on its value only: the
+    same in a 1-element tensor, in a scalar tail, or deep inside a long one, on any thread
+    count."""
+    from mmdet_ghm.ops.cpu_passes import _exact
+    x = torch.randn(100003) * 4  # plain torch.sigmoid: ~5% of its scalar tails differ here
+    x = x.abs() if op is torch.sqrt else -x.abs() / (1 + x.abs()) if op is torch.log1p else x
+    previous = torch.get_num_threads()
+    try:
+        reference = None
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            full = _exact(op, x, torch.empty_like(x))
+            reference = full if reference is None else reference
+            assert torch.equal(full, reference)
+            for start, length in [(0, 1), (5, 17), (100000, 3), (31, 64), (7, 40001)]:
+                part = x[start:start + length]
+                assert torch.equal(_exact(op, part, torch.empty_like(part)),
+                                   reference[start:start + length])
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize('fn', ['cls', 'soft', 'reg'])
+def test_non_finite_ignored_elements_give_zero_gradient_and_loss(fn):
+    """An ignored element (label weight 0) never counts: NaN or inf there gives no error, a
+    zero gradient and a zero 'none' loss (mmdet's NaN * 0 would be NaN)."""
+    pred = torch.randn(40, 3)
+    pred[2, 1], pred[5, 0] = float('nan'), float('inf')
+    weight = torch.ones(40, 3)
+    weight[2, 1] = weight[5, 0] = 0.0
+    for reduction in ('mean', 'none'):
+        p = pred.clone().requires_grad_()
+        if fn == 'reg':
+            loss = ghmr_loss(p, torch.zeros(40, 3), weight, GradientDensity(10, 0.7, 1e3),
+                             reduction=reduction)
+        else:
+            labels = torch.randint(0, 4, (40,)) if fn == 'cls' else None
+            target = torch.rand(40, 3) if fn == 'soft' else None
+            loss = ghmc_loss(p, labels, target, weight, GradientDensity(10, 0.7),
+                             reduction=reduction)
+        (loss.sum() if reduction == 'none' else loss).backward()
+        assert torch.isfinite(loss).all() and torch.isfinite(p.grad).all()
+        assert p.grad[2, 1] == 0 and p.grad[5, 0] == 0
+        if reduction == 'none':
+            assert loss[2, 1] == 0 and loss[5, 0] == 0

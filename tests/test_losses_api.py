@@ -98,6 +98,23 @@ def test_non_contiguous_and_expanded_inputs():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize('layout', ['transposed', 'permuted', 'channels_last'])
+def test_ghmr_strided_pred_gives_mmdets_numbers(layout):
+    from mmdet.models.losses.ghm_loss import GHMR as MMDetGHMR
+    base = torch.randn(2, 4, 3, 5) * 0.1
+    pred = {'transposed': base.reshape(8, 15).t(), 'permuted': base.permute(0, 2, 3, 1),
+            'channels_last': base.contiguous(memory_format=torch.channels_last)}[layout]
+    assert not pred.is_contiguous()
+    target, weight = torch.zeros(pred.shape), torch.ones(pred.shape)
+    ours, ref = GHMR(bins=10, momentum=0.7), MMDetGHMR(bins=10, momentum=0.7)
+    p_ours, p_ref = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    loss, ref_loss = ours(p_ours, target, weight), ref(p_ref, target, weight)
+    loss.backward(), ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=2e-5, atol=1e-7)
+    assert torch.equal(ours.acc_sum, ref.acc_sum)
+
+
 def test_repr_shows_settings():
     text = repr(GHMC(bins=30, momentum=0.75, loss_weight=2.0))
     assert 'bins=30' in text and 'momentum=0.75' in text and 'loss_weight=2.0' in text
@@ -105,9 +122,9 @@ def test_repr_shows_settings():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(bins=0), 'bins'), (dict(bins=3.5), 'bins'), (dict(momentum=1.0), 'momentum'),
-    (dict(momentum=-0.5), 'momentum'), (dict(use_sigmoid=False), 'use_sigmoid=True'),
-    (dict(reduction='avg'), 'reduction'),
+    (dict(bins=0), '^bins '), (dict(bins=3.5), '^bins '), (dict(momentum=1.0), '^momentum '),
+    (dict(momentum=-0.5), '^momentum '), (dict(use_sigmoid=False), '^use_sigmoid must be True'),
+    (dict(reduction='avg'), '^reduction '),
 ])
 def test_ghmc_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -115,8 +132,8 @@ def test_ghmc_bad_constructor_arguments(kwargs, match):
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(mu=0), 'mu'), (dict(mu=-1.0), 'mu'), (dict(bins=-2), 'bins'),
-    (dict(momentum=2), 'momentum'), (dict(reduction=None), 'reduction'),
+    (dict(mu=0), '^mu '), (dict(mu=-1.0), '^mu '), (dict(bins=-2), '^bins '),
+    (dict(momentum=2), '^momentum '), (dict(reduction=None), '^reduction '),
 ])
 def test_ghmr_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -124,23 +141,31 @@ def test_ghmr_bad_constructor_arguments(kwargs, match):
 
 
 def test_ghmc_bad_inputs():
+    """Every bad argument: a ValueError whose message starts with the argument's name."""
     loss = GHMC(10)
     pred, labels = _cls(8, 3)
     cases = [
-        ((pred.long(), labels), 'pred must be a floating-point'),
-        ((pred, labels[:5]), 'labels of shape'),
-        ((pred, labels + 5), r'labels must lie in \[0, 3\]'),
-        ((pred, labels - 10), r'labels must lie in \[0, 3\]'),
-        ((pred, torch.rand(8, 4)), 'float target must have the shape'),
-        ((pred, labels, torch.ones(7)), 'label_weight must have shape'),
-        ((pred, labels, torch.ones(8, 2)), 'label_weight must have shape'),
-        ((pred[0], labels), 'labels of shape'),
-        ((pred, [1, 2]), 'target must be a tensor'),
+        ((pred.long(), labels), '^pred must be a floating-point'),
+        (([0.5] * 3, labels), '^pred must be a tensor'),
+        ((pred, labels[:5]), '^target: integer labels need pred of shape'),
+        ((pred, labels + 5), r'^target: labels must lie in \[0, 3\]'),
+        ((pred, labels - 10), r'^target: labels must lie in \[0, 3\]'),
+        ((pred, labels.float()), '^target must be integer labels'),
+        ((pred, torch.rand(8, 4)), '^target must have the shape of pred'),
+        ((pred, labels, torch.ones(7)), '^label_weight must have shape'),
+        ((pred, labels, torch.ones(8, 2)), '^label_weight must have shape'),
+        ((pred, torch.rand(8, 3), torch.ones(5)), "^label_weight must have pred's shape"),
+        ((pred, labels, [1.0] * 8), '^label_weight must be a tensor, got list'),
+        ((pred, labels, torch.ones(8, dtype=torch.complex64)), '^label_weight must be a real'),
+        ((pred, labels, torch.ones(8, device='meta')), "^label_weight must be on pred's device"),
+        ((pred[0], labels), '^target must have the shape of pred'),
+        ((pred, [1, 2]), '^target must be a tensor'),
+        ((pred, (torch.rand(8, 3),)), '^target must be a tensor'),
     ]
     for args, match in cases:
         with pytest.raises(ValueError, match=match):
             loss(*args)
-    with pytest.raises(ValueError, match='reduction_override'):
+    with pytest.raises(ValueError, match='^reduction_override must be one of'):
         loss(pred, labels, reduction_override='avg')
     assert not loss.density.acc_sum.any()
 
@@ -149,11 +174,59 @@ def test_ghmr_bad_inputs():
     loss = GHMR()
     pred = torch.randn(8, 4)
     cases = [
-        ((pred.int(), pred), 'pred must be a floating-point'),
-        ((pred, pred.int()), 'target must be a floating-point'),
-        ((pred, pred[:, :2]), 'target must have the shape'),
-        ((pred, pred, torch.ones(8)), 'label_weight must have shape'),
+        ((pred.int(), pred), '^pred must be a floating-point'),
+        ((pred, pred.int()), '^target must be a floating-point'),
+        ((pred, (pred,)), '^target must be a tensor'),
+        ((pred, pred[:, :2]), '^target must have the shape'),
+        ((pred, pred, torch.ones(8)), "^label_weight must have pred's shape"),
+        ((pred, pred, [1.0]), '^label_weight must be a tensor'),
     ]
     for args, match in cases:
         with pytest.raises(ValueError, match=match):
             loss(*args)
+    with pytest.raises(ValueError, match='^reduction_override must be one of'):
+        loss(pred, pred, reduction_override=True)
+
+
+def _bad_labels_worker(rank, init_file, out_dir):
+    import os
+
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    loss = GHMC(bins=10, momentum=0.75, sync_across_ranks=True)
+    pred, labels = torch.randn(16, 3), torch.randint(0, 4, (16,))
+    loss(pred, labels)
+    state = loss.acc_sum.clone()
+    if rank == 1:
+        labels[3] = 7
+    errors = []
+    try:
+        loss(pred, labels)
+    except ValueError as error:
+        errors.append(str(error))
+    unchanged = torch.equal(loss.acc_sum, state)
+    after = loss(pred, labels.clamp(max=3))  # the group is still usable
+    torch.save({'errors': errors, 'unchanged': unchanged, 'after': after},
+               os.path.join(out_dir, f'{rank}.pt'))
+    dist.destroy_process_group()
+
+
+def test_bad_labels_on_one_rank_raise_on_every_rank_under_sync(tmp_path):
+    """Synced, a rank that raised alone would leave the other in the all-reduce."""
+    import time
+
+    import torch.multiprocessing as mp
+    context = mp.spawn(_bad_labels_worker, args=(str(tmp_path / 'init'), str(tmp_path)),
+                       nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError('a rank hangs')
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f'{rank}.pt', weights_only=True)
+        assert len(result['errors']) == 1, rank
+        assert result['errors'][0].startswith(r'target: labels must lie in [0, 3]')
+        assert ('another rank' in result['errors'][0]) == (rank == 0)
+        assert result['unchanged'] and torch.isfinite(result['after'])

@@ -81,5 +81,5 @@ def test_state_dict_round_trip_and_bins_mismatch(tmp_path):
     restored.load_state_dict(torch.load(path, weights_only=True))
     assert torch.equal(restored.density.acc_sum, loss.density.acc_sum)
     assert set(GHMC(bins=30, momentum=0).state_dict()) == set(loss.state_dict())
-    with pytest.raises(RuntimeError, match='size mismatch'):
+    with pytest.raises(RuntimeError, match='size mismatch for density.acc_sum'):
         GHMC(bins=10).load_state_dict(loss.state_dict())

@@ -1,52 +1,110 @@
-"""The three GHM passes (histogram, loss, grad) on CPU tensors, vectorized with PyTorch.
+"""CPU backends (:mod:`mmdet_ghm.ops.backend`) for GHM-C and GHM-R, vectorized with PyTorch.
 
-Same contract as :mod:`mmdet_ghm.ops.triton_passes`. GHM-C walks the (M, C) problem in chunks of
-rows small enough for their temporaries to stay in cache. Each chunk holds a multiple of 64 elements,
-so PyTorch's vectorized sigmoid gives exactly the bits it gives on the whole tensor (its scalar
-tail loop rounds differently) and the bins match mmdet's bit for bit. The histogram pass keeps one
-byte per element (the slot); GHM-C's loss pass gathers each element's weight once, for the loss
-and, in training, for the gradient formed in the same pass. Results are combined in chunk order:
-bitwise reproducible.
+GHM-C walks the flattened (M, C) problem in chunks of 2**18 elements: a chunk's few temporaries
+stay in cache between ops, each exact op still splits across PyTorch's intra-op threads. The
+forward reads the logits once: sigmoid -> slot -> count, and the element's BCE into its slot's loss
+sum. The backward reads them once more and writes the gradient once.
+
+Kept between forward and backward: one uint8 slot per element (a quarter of the logits' bytes).
+Recomputing it would mean a second sigmoid and binning in the backward, about as much work again
+as the gradient itself; the byte makes the backward one sigmoid, one gather and one multiply.
+
+The transcendental ops (sigmoid, log1p) are evaluated in pieces of 2**15 elements, each below
+PyTorch's parallel grain size (one thread) and a multiple of 64 long (the last one padded), so
+every element goes through the vectorized loop: their bits, hence the bins, the state and the
+gradient, do not depend on the thread count or the memory layout (see :mod:`mmdet_ghm.binning`).
+Chunks and pieces are combined in order: bitwise reproducible.
 """
+import functools
 import sys
-from typing import Callable, List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# About 1 MiB of float32 a chunk: the chunk's few temporaries stay in cache between ops, each op
-# still splits across PyTorch's intra-op threads, and the per-chunk dispatch cost is amortized.
-CHUNK_ELEMENTS = 1 << 18
+from .backend import GHMBackend
+
+CHUNK = 1 << 18
+# Below at::internal::GRAIN_SIZE (32768): one thread evaluates a piece, in one vectorized loop.
+PIECE = 1 << 15
+# The vectorized loop takes 2 vectors a step (at most 2 x 16 float32 lanes); shorter tails
+# are computed by the scalar loop, whose last bit differs: pad to a multiple of this.
+VECTOR_STEP = 64
 
 
-def _map_chunks(fn: Callable[[int, int], object], rows: int, cols: int) -> List[object]:
-    """fn(r0, r1) over row chunks of about CHUNK_ELEMENTS elements, a multiple of 64, in order."""
-    step = max(64, (CHUNK_ELEMENTS // max(cols, 1)) // 64 * 64)
-    return [fn(r, min(r + step, rows)) for r in range(0, rows, step)]
+def _exact(fn, x: Tensor, out: Tensor) -> Tensor:
+    """``fn(x)`` into ``out`` (flat, contiguous), with the same bits for every element whatever
+    the thread count and layout (see the module docstring)."""
+    n = x.numel()
+    full = n - n % VECTOR_STEP
+    # one thread: one call is one vectorized loop already
+    step = max(full, 1) if torch.get_num_threads() == 1 else PIECE
+    for start in range(0, full, step):
+        stop = min(start + step, full)
+        fn(x[start:stop], out=out[start:stop])
+    if full < n:
+        out[full:] = fn(F.pad(x[full:], (0, VECTOR_STEP - (n - full))))[:n - full]
+    return out
 
 
-def _check_finite(finite: bool, what: str) -> None:
-    # CPU only: the callers read small tensors; on CUDA that would be a host sync
-    if not finite:
-        raise ValueError(f'{what} contain NaN or inf: the GHM loss would not be finite (the EMA '
-                         'state is left untouched); check the model for divergence')
+def _softplus_from_sigmoid(x: Tensor, s: Tensor, work: Optional[Tensor] = None,
+                           out: Optional[Tensor] = None) -> Tensor:
+    """softplus(x) = relu(x) - log(1 - q), q = sigmoid(-|x|) = min(s, 1 - s), from s = sigmoid(x)
+    (or sigmoid(-x), the same q): one transcendental instead of softplus's two, 0 at x = -inf
+    (BCE's limit; torch's binary_cross_entropy_with_logits gives NaN there). Within about 1e-7
+    relative of softplus. ``work`` and ``out``: optional buffers of x's size and dtype."""
+    q = torch.neg(s, out=work).add_(1.0)  # 1 - s
+    torch.minimum(s, q, out=q)
+    q.neg_()
+    _exact(torch.log1p, q, q)
+    return torch.clamp_min(x, 0.0, out=out).sub_(q)
 
 
-def _vectorized(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """fn on a 1-D gather, padded to a multiple of 64 so every element takes the vectorized
-    kernel and gets the bits it got inside its chunk."""
-    padded = F.pad(x, (0, -x.numel() % 64))
-    return fn(padded)[:x.numel()]
+def _soft_bce(x: Tensor, t: Tensor) -> Tensor:
+    """binary_cross_entropy_with_logits with the limits at infinite logits (0 where x = -inf
+    and t = 0, or x = +inf and t = 1; torch gives NaN there)."""
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
+    if not bool(torch.isfinite(bce).all()):
+        limit = (x == -float('inf')) & (t == 0) | (x == float('inf')) & (t == 1)
+        bce.masked_fill_(limit, 0.0)
+    return bce
 
 
-def _softplus_from_sigmoid(x: Tensor, s: Tensor) -> Tensor:
-    """softplus(x) = relu(x) - log(1 - q), q = sigmoid(-|x|) = min(s, 1 - s), from s = sigmoid(x):
-    one transcendental instead of softplus's two. Within about 1e-7 relative of softplus: q is s
-    itself below 0.5 and 1 - s exactly above it (so the rounding of s costs at most 3e-8 against
-    a value >= log 2 there)."""
-    q = torch.minimum(s, 1.0 - s)
-    return torch.relu(x).sub_(q.neg_().log1p_())
+# Most elements share a slot (easy negatives), so a plain bincount stalls on incrementing one
+# counter again and again; spreading consecutive elements over 4 copies of the histogram (slot +
+# 64 * (i % 4)) lets the increments overlap: about 30% less time for the count.
+SPREAD_COPIES, SPREAD_STRIDE = 4, 64
+
+
+@functools.lru_cache(maxsize=64)  # chunk sizes, plus the sizes of the FPN levels
+def _spread_offsets(numel: int) -> Tensor:
+    return ((torch.arange(numel) % SPREAD_COPIES) * SPREAD_STRIDE).to(torch.uint8)
+
+
+def _fold(spread_counts: Tensor, num_slots: int) -> Tensor:
+    return spread_counts.view(SPREAD_COPIES, SPREAD_STRIDE).sum(0)[:num_slots]
+
+
+def count_slots(slots: Tensor, num_slots: int, loss: Optional[Tensor] = None,
+                work: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """int64 ``(num_slots,)`` histogram of flat slots and, with ``loss``, the float64 sum of the
+    loss in each slot. ``work``: optional uint8 and float64 buffers of the slots' size."""
+    loss64 = None
+    if loss is not None:
+        loss64 = loss.double() if work is None else work[1].copy_(loss)
+    if slots.dtype != torch.uint8 or num_slots > SPREAD_STRIDE:
+        counts = torch.bincount(slots, minlength=num_slots)
+        sums = None if loss is None else torch.bincount(slots, weights=loss64,
+                                                        minlength=num_slots)
+        return counts, sums
+    spread = torch.add(slots, _spread_offsets(slots.numel()),
+                       out=None if work is None else work[0])
+    size = SPREAD_COPIES * SPREAD_STRIDE
+    counts = _fold(torch.bincount(spread, minlength=size), num_slots)
+    sums = None if loss is None else _fold(
+        torch.bincount(spread, weights=loss64, minlength=size), num_slots)
+    return counts, sums
 
 
 def _slot_pair_table(slot_table: Tensor) -> Optional[Tensor]:
@@ -54,9 +112,9 @@ def _slot_pair_table(slot_table: Tensor) -> Optional[Tensor]:
     second`` (little-endian), and entry ``first + 256 * second`` of this float64-viewed table holds
     the float32 pair ``(table[first], table[second])``. One gather per two elements: index_select's
     cost is per index. None where that view does not hold (slots >= 128 turn the int16 negative;
-    big-endian machines)."""
+    big-endian machines; a float64 table)."""
     num_slots = slot_table.numel()
-    if num_slots > 128 or sys.byteorder != 'little':
+    if num_slots > 128 or sys.byteorder != 'little' or slot_table.dtype != torch.float32:
         return None
     index = torch.arange(256 * num_slots)
     pairs = torch.stack([slot_table[(index % 256).clamp_(max=num_slots - 1)],
@@ -65,250 +123,253 @@ def _slot_pair_table(slot_table: Tensor) -> Optional[Tensor]:
 
 
 def _gather_slots(slot_table: Tensor, pair_table: Optional[Tensor], slots: Tensor) -> Tensor:
-    """``slot_table[slots]`` (float32, slots' shape) for contiguous uint8 slots."""
+    """``slot_table[slots]`` (slots' shape) for contiguous slots."""
     flat = slots.view(-1)
-    if pair_table is None or flat.numel() % 2 or flat.storage_offset() % 2:
+    if (pair_table is None or flat.dtype != torch.uint8 or flat.numel() % 2
+            or flat.storage_offset() % 2):
         return slot_table.index_select(0, flat.int()).view(slots.shape)
     pairs = pair_table.index_select(0, flat.view(torch.int16).int())
     return pairs.view(torch.float32).view(slots.shape)
 
 
-class ClassificationCPU:
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+class _Scratch:
+    """Chunk-sized buffers reused from chunk to chunk (no allocation, no page faults)."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name: str, dtype: torch.dtype, n: int) -> Tensor:
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < n:
+            buffer = self.buffers[name] = torch.empty(max(n, CHUNK), dtype=dtype)
+        return buffer[:n]
+
+
+class ClassificationCPU(GHMBackend):
     """GHM-C on an (M, C) problem: integer ``labels`` (M,) or float ``target`` (M, C);
     ``weight`` None, per row (M,) or per element (M, C), valid where > 0.
 
-    With integer labels the dense chunk passes treat every element as a negative (t = 0), and
-    the at most M positives are corrected afterwards in one sparse step: no one-hot target, no
-    per-chunk indexing.
-
-    Two passes over the logits in the forward: the histogram pass (sigmoid, slot, count) and,
-    once the density has turned the counts into weights, the loss pass. When the gradient is
-    wanted (``histogram(for_grad=True)``) the histogram pass keeps ``sigmoid(x) - t`` and the
-    loss pass scales it in place into the gradient for ``grad_out == 1`` (a summed or averaged
-    loss that is backpropagated directly, as in training): the backward pass hands it over. Any
-    other ``grad_out`` recomputes it from the kept slots (:meth:`grad`), with autograd's order.
+    With integer labels the dense chunk passes treat every element as a negative (t = 0, g = s,
+    BCE = softplus(x)); the at most M positives are handled apart in one sparse step (parked in
+    slot 0 during the dense pass, then binned with g = 1 - s, BCE = softplus(-x)): no one-hot
+    target, no per-chunk indexing beyond the positives.
     """
 
     def __init__(self, pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
-                 weight: Optional[Tensor], density):
-        # row chunks of contiguous memory (a no-op for the usual, contiguous, inputs)
-        self.pred, self.labels, self.target, self.weight = (
-            None if t is None else t.detach().contiguous()
-            for t in (pred, labels, target, weight))
-        self.density = density
-        self.slots: Optional[Tensor] = None
-        self.diff: Optional[Tensor] = None  # sigmoid(x) - t, then the gradient (for_grad)
-        self.fused_grad: Optional[Tensor] = None
-        # per chunk (min, max) of the logits and of the targets, for check_finite
-        self.pred_extremes: List[Tensor] = []
-        self.target_extremes: List[Tensor] = []
-        self.positives: Optional[Tensor] = None  # flat indices of the label positions
-        self.positive_slots: Optional[Tuple[Tensor, Tensor]] = None  # (before, after) the move
-        # 0/1 in the slots' dtype: multiplying the slots sends invalid elements to slot 0
-        self.valid = None
+                 weight: Optional[Tensor], binning):
+        self.M, self.C = pred.shape
+        self.numel = pred.numel()
+        self.dtype = _compute_dtype(pred)
+        self.pred_dtype = pred.dtype
+        self.x = pred.detach().contiguous().view(-1)
+        self.target = None if target is None else target.detach().contiguous().view(-1)
+        self.binning = binning
+        self.row_valid = self.element_valid = None
         if weight is not None:
-            valid = (self.weight > 0).to(density.slot_dtype)
-            self.valid = valid[:, None] if valid.dim() == 1 else valid
-
-    def _histogram_chunk(self, r0: int, r1: int) -> Tensor:
-        x = self.pred[r0:r1].float()
-        if x.numel():
-            self.pred_extremes.append(torch.stack(torch.aminmax(x)))
-        diff = torch.sigmoid(x, out=None if self.diff is None else self.diff[r0:r1])
-        if self.target is None:
-            g = diff  # |s - 0|; the positives are corrected afterwards
-        else:
-            t = self.target[r0:r1].float()
-            if t.numel():
-                self.target_extremes.append(torch.stack(torch.aminmax(t)))
-            g = diff.sub_(t).abs() if self.diff is not None else diff.sub_(t).abs_()
-        # NaN/inf inputs give unspecified slots here; check_finite rejects them before use
-        slots = self.density.slot_index(g, out=self.slots[r0:r1], finite_unit=True)
-        if self.valid is not None:
-            slots.mul_(self.valid[r0:r1])
-        return self.density.count(slots)
-
-    def histogram(self, for_grad: bool = False) -> Tensor:
-        M, C = self.pred.shape
-        self.slots = torch.empty((M, C), dtype=self.density.slot_dtype)
-        if for_grad:
-            self.diff = torch.empty((M, C), dtype=torch.float32)
-        counts = torch.zeros(self.density.num_slots, dtype=torch.int64)
-        for chunk_counts in _map_chunks(self._histogram_chunk, M, C):
-            counts += chunk_counts
-        if self.labels is not None:
-            counts += self._correct_positives()
-        return counts
-
-    def _finite(self) -> bool:
-        """Whether the loss is finite: no NaN anywhere; with labels no +inf logit and no -inf at
-        a positive (-inf elsewhere is an easy negative, BCE 0); with float targets all logits and
-        targets finite."""
-        x = torch.stack(self.pred_extremes) if self.pred_extremes else torch.zeros(0, 2)
-        if self.target is not None:
-            t = torch.stack(self.target_extremes) if self.target_extremes else torch.zeros(0, 2)
-            return bool(torch.isfinite(x).all() and torch.isfinite(t).all())
-        if torch.isnan(x).any() or (x[:, 1] == float('inf')).any():
-            return False
-        return self.positives is None or not bool(
-            (self.pred.view(-1)[self.positives] == -float('inf')).any())
-
-    def check_finite(self) -> None:
-        _check_finite(self._finite(), 'pred (logits) or target')
-
-    def _correct_positives(self) -> Tensor:
-        """Move each positive from the slot of g = s to that of g = 1 - s (mmdet's |s - 1|);
-        returns the change of the counts."""
-        M, C = self.pred.shape
-        rows = (self.labels < C).nonzero(as_tuple=True)[0]
-        self.positives = rows * C + self.labels[rows]
-        flat_slots = self.slots.view(-1)
-        old = flat_slots[self.positives]
-        g = 1.0 - _vectorized(torch.sigmoid, self.pred.view(-1)[self.positives].float())
-        new = self.density.slot_index(g).mul_(old > 0)  # invalid stays invalid
-        flat_slots[self.positives] = new
-        self.positive_slots = old, new
-        return self.density.count(new) - self.density.count(old)
-
-    def _loss_chunk(self, r0: int, r1: int, slot_weight: Tensor, pair_weight: Optional[Tensor],
-                    grad_scale: Optional[Tensor]) -> Tensor:
-        x = self.pred[r0:r1].float()
-        if self.target is None:  # BCE with t = 0; the positives are corrected afterwards
-            # sigmoid(x), kept or not: the same bits with or without the gradient
-            s = torch.sigmoid(x) if self.diff is None else self.diff[r0:r1]
-            bce = _softplus_from_sigmoid(x, s)
-        else:
-            bce = F.binary_cross_entropy_with_logits(x, self.target[r0:r1].float(),
-                                                     reduction='none')
-        weight = _gather_slots(slot_weight, pair_weight, self.slots[r0:r1])
-        total = bce.mul_(weight).sum().double()
-        if grad_scale is not None:
-            # autograd's order in mmdet: (sigmoid(x) - t) * (scale * weight)
-            self.diff[r0:r1].mul_(weight.mul_(grad_scale))
-        return total
-
-    def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool,
-             grad_scale: Optional[Tensor] = None) -> Tensor:
-        """Sum over elements of loss * weight (float32 0-dim), or the element-wise loss. With
-        ``grad_scale`` (0-dim, the backward's scale for ``grad_out == 1``) and a histogram pass
-        made ``for_grad``, the gradient is formed in the same pass."""
-        if elementwise:
-            return self._elementwise_loss(slot_weight, loss_weight)
-        fuse = grad_scale is not None and self.diff is not None
-        pair_weight = self._pair_table(slot_weight)
-        total = torch.zeros((), dtype=torch.float64)
-        for part in _map_chunks(lambda r0, r1: self._loss_chunk(
-                r0, r1, slot_weight, pair_weight, grad_scale if fuse else None), *self.pred.shape):
-            total += part
-        if self.positives is not None:  # their BCE is softplus(x) - x
-            x = self.pred.view(-1)[self.positives].float()
-            new = self.positive_slots[1].long()
-            total -= (slot_weight[new] * x).sum(dtype=torch.float64)
-            if fuse:  # s - 1 where the label is
-                scale = (grad_scale * slot_weight)[new]
-                self.diff.view(-1)[self.positives] = (_vectorized(torch.sigmoid, x) - 1.0) * scale
-        if fuse:
-            self.fused_grad, self.diff = self.diff, None
-        return total.float()
-
-    def _pair_table(self, slot_table: Tensor) -> Optional[Tensor]:
-        return _slot_pair_table(slot_table) if self.slots.dtype == torch.uint8 else None
-
-    def take_grad(self, grad_out: Tensor) -> Optional[Tensor]:
-        """The gradient formed by :meth:`loss` if ``grad_out`` is 1, else None (then call
-        :meth:`grad`); handed over once."""
-        grad, self.fused_grad = self.fused_grad, None
-        if grad is None or grad_out.device.type != 'cpu' or not bool(grad_out == 1):
-            return None
-        return grad.to(self.pred.dtype)
-
-    def _elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
-        out = torch.empty(self.pred.shape, dtype=torch.float32)
-
-        def chunk(r0, r1):
-            x = self.pred[r0:r1].float()
-            if self.target is None:
-                t = torch.zeros_like(x)
-                rows = (self.labels[r0:r1] < x.shape[1]).nonzero(as_tuple=True)[0]
-                t[rows, self.labels[r0:r1][rows]] = 1.0
+            valid = (weight.detach() > 0).to(binning.slot_dtype).contiguous()
+            if valid.dim() == 1:
+                self.row_valid = valid
             else:
-                t = self.target[r0:r1].float()
-            bce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
-            w = _gather_slots(slot_weight, pair_weight, self.slots[r0:r1])
-            torch.mul(bce * w, loss_weight, out=out[r0:r1])
-        pair_weight = self._pair_table(slot_weight)
-        _map_chunks(chunk, *self.pred.shape)
-        return out
+                self.element_valid = valid.view(-1)
+        self.positives = self.positive_rows = None
+        if labels is not None:
+            rows = ((labels >= 0) & (labels < self.C)).nonzero().view(-1)  # as mmdet's one-hot
+            self.positive_rows = rows
+            self.positives = rows * self.C + labels[rows]  # ascending
+        self.slots = torch.empty(self.numel, dtype=binning.slot_dtype)
+        # a NaN or inf among the ignored elements (their loss sum, slot 0): their gradient is
+        # then masked to 0 instead of NaN * 0
+        self.invalid_not_finite = False
 
-    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
-        """(sigmoid(x) - t) * scale[slot]; with ``grad_out`` (element-wise loss) the scale is
-        (grad_out * loss_weight) * weight[slot], autograd's order in mmdet."""
-        grad = torch.empty(self.pred.shape, dtype=torch.float32)
+    def _chunks(self):
+        return [(a, min(a + CHUNK, self.numel)) for a in range(0, self.numel, CHUNK)]
 
-        def chunk(r0, r1):
-            diff = torch.sigmoid(self.pred[r0:r1].float(), out=grad[r0:r1])
-            if self.target is not None:
-                diff.sub_(self.target[r0:r1].float())
-            scale = _gather_slots(slot_scale, pair_scale, self.slots[r0:r1])
-            if grad_out is not None:
-                scale = (grad_out[r0:r1].float() * loss_weight) * scale
-            diff.mul_(scale)
-        pair_scale = self._pair_table(slot_scale)
-        _map_chunks(chunk, *self.pred.shape)
-        if self.positives is not None:  # s - 1 where the label is
-            x = self.pred.view(-1)[self.positives].float()
-            scale = slot_scale[self.slots.view(-1)[self.positives].long()]
-            if grad_out is not None:
-                scale = (grad_out.reshape(-1)[self.positives].float() * loss_weight) * scale
-            grad.view(-1)[self.positives] = (_vectorized(torch.sigmoid, x) - 1.0) * scale
-        return grad.to(self.pred.dtype)
-
-
-class RegressionCPU:
-    """GHM-R (Authentic Smooth L1) on pred/target of any equal shape; ``weight`` None or the same
-    shape, valid where > 0. Regression inputs are small (N x 4): whole-tensor ops, and the
-    difference and root are kept from the histogram pass for the other two."""
-
-    def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], density,
-                 mu: float):
-        self.pred, self.target = pred.detach(), target.detach()
-        self.weight = None if weight is None else weight.detach()
-        self.density, self.mu = density, mu
-        # mmdet adds the Python double mu * mu to float32 tensors: it is rounded to float32 first.
-        self.mu_sq = float(torch.tensor(mu * mu, dtype=torch.float32))
-
-    def histogram(self, for_grad: bool = False) -> Tensor:
-        """``for_grad`` is unused: the difference and root kept here make the gradient cheap."""
-        self.diff = self.pred.float() - self.target.float()
-        self.root = torch.sqrt(self.diff * self.diff + self.mu_sq)
-        valid = None if self.weight is None else self.weight > 0
-        self.slots = self.density.slot_index((self.diff / self.root).abs_(), valid).view(-1)
-        asl1 = (self.root - self.mu).view(-1)
-        self.loss_sums = torch.bincount(self.slots, weights=asl1.double(),
-                                        minlength=self.density.num_slots)
-        return self.density.count(self.slots)
-
-    def check_finite(self) -> None:
-        _check_finite(bool(torch.isfinite(self.loss_sums).all()),
-                      'pred or target (box regressions)')
-
-    def _per_element(self, slot_table: Tensor) -> Tensor:
-        return slot_table.index_select(0, self.slots.int()).view(self.diff.shape)
-
-    def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool,
-             grad_scale: Optional[Tensor] = None) -> Tensor:
-        if not elementwise:
-            return (self.loss_sums * slot_weight.double()).sum().float()
-        return (self.root - self.mu) * self._per_element(slot_weight) * loss_weight
-
-    def take_grad(self, grad_out: Tensor) -> None:
-        """Nothing is formed ahead: the backward pass calls :meth:`grad`."""
+    def _valid(self, a: int, b: int) -> Optional[Tensor]:
+        if self.element_valid is not None:
+            return self.element_valid[a:b]
+        if self.row_valid is not None:
+            r0, r1 = a // self.C, (b - 1) // self.C + 1
+            rows = self.row_valid[r0:r1, None].expand(r1 - r0, self.C).reshape(-1)
+            return rows[a - r0 * self.C:b - r0 * self.C]
         return None
 
-    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
-        scale = self._per_element(slot_scale)
+    def _dense(self, a: int, b: int, work: '_Scratch') -> Tuple[Tensor, Tensor]:
+        """sigmoid(x) and the per-element BCE of chunk [a, b), every element taken as a negative
+        with integer labels; in ``work``'s buffers (valid until the next chunk)."""
+        n = b - a
+        x = self.x[a:b].to(self.dtype)
+        s = _exact(torch.sigmoid, x, work.get('s', self.dtype, n))
+        if self.target is None:
+            return s, _softplus_from_sigmoid(x, s, work.get('q', self.dtype, n),
+                                             work.get('bce', self.dtype, n))
+        return s, _soft_bce(x, self.target[a:b].to(self.dtype))
+
+    def _elementwise_bce(self, a: int, b: int) -> Tensor:
+        """The BCE of chunk [a, b) in torch's own rounding (what mmdet's 'none' returns)."""
+        x = self.x[a:b].to(self.dtype)
+        t = torch.zeros_like(x) if self.target is None else self.target[a:b].to(self.dtype)
+        return _soft_bce(x, t)
+
+    def _positive_bounds(self):
+        """Per chunk, the range of self.positives inside it."""
+        edges = torch.tensor([a for a, _ in self._chunks()] + [self.numel])
+        return torch.searchsorted(self.positives, edges).tolist()
+
+    def _positive_terms(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """sigmoid, BCE = softplus(-x) and validity (0/1) of the positives."""
+        x = self.x[self.positives].to(self.dtype)
+        s = _exact(torch.sigmoid, x, torch.empty_like(x))
+        bce = _softplus_from_sigmoid(-x, s)  # q = min(s, 1 - s) is the same for -x
+        if self.element_valid is not None:
+            valid = self.element_valid[self.positives]
+        elif self.row_valid is not None:
+            valid = self.row_valid[self.positive_rows]
+        else:
+            valid = None
+        return s, bce, valid
+
+    def histogram(self) -> Tuple[Tensor, Tensor]:
+        num_slots = self.binning.num_slots
+        counts = torch.zeros(num_slots, dtype=torch.int64)
+        sums = torch.zeros(num_slots, dtype=torch.float64)
+        bounds = None if self.positives is None else self._positive_bounds()
+        work = _Scratch()
+        for i, (a, b) in enumerate(self._chunks()):
+            n = b - a
+            s, bce = self._dense(a, b, work)
+            g = s if self.target is None else s.sub_(self.target[a:b].to(self.dtype)).abs_()
+            slots = self.binning.slots(
+                g, out=self.slots[a:b], above_one=self.target is not None,
+                work=(work.get('h', torch.float64, n), work.get('i', torch.int32, n)))
+            valid = self._valid(a, b)
+            if valid is not None:
+                slots.mul_(valid)
+            if bounds is not None and bounds[i + 1] > bounds[i]:
+                slots[self.positives[bounds[i]:bounds[i + 1]] - a] = 0  # parked, see the class
+            chunk_counts, chunk_sums = count_slots(
+                slots, num_slots, bce,
+                (work.get('spread', torch.uint8, n), work.get('h', torch.float64, n)))
+            counts += chunk_counts
+            sums += chunk_sums
+        if self.positives is not None and self.positives.numel():
+            s, bce, valid = self._positive_terms()
+            slots = self.binning.slots(torch.rsub(s, 1.0), above_one=False)  # mmdet's |s - 1|
+            if valid is not None:
+                slots.mul_(valid)
+            self.slots[self.positives] = slots
+            counts[0] -= self.positives.numel()
+            positive_counts, positive_sums = count_slots(slots, num_slots, bce)
+            counts += positive_counts
+            sums += positive_sums
+        self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
+        return counts, sums
+
+    def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
+        out = torch.empty(self.numel, dtype=self.dtype)
+        slot_weight = slot_weight.to(self.dtype)
+        pairs = _slot_pair_table(slot_weight)
+        for a, b in self._chunks():
+            bce = self._elementwise_bce(a, b)
+            torch.mul(bce.mul_(_gather_slots(slot_weight, pairs, self.slots[a:b])), loss_weight,
+                      out=out[a:b])
+        if self.positives is not None and self.positives.numel():
+            x = self.x[self.positives].to(self.dtype)
+            bce = _soft_bce(x, torch.ones_like(x))
+            w = slot_weight[self.slots[self.positives].long()]
+            out[self.positives] = (bce * w) * loss_weight
+        if not bool(torch.isfinite(out).all()):  # inf * 0 of an invalid element: 0
+            out.masked_fill_(slot_weight[self.slots.long()] == 0, 0.0)
+        return out.view(self.M, self.C)
+
+    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor] = None,
+             loss_weight: float = 1.0) -> Tensor:
+        grad = torch.empty(self.numel, dtype=self.pred_dtype)
+        same_dtype = self.pred_dtype == self.dtype
+        slot_scale = slot_scale.to(self.dtype)
+        pairs = _slot_pair_table(slot_scale)
+        go = None if grad_out is None else grad_out.detach().contiguous().view(-1)
+        for a, b in self._chunks():
+            x = self.x[a:b].to(self.dtype)
+            diff = _exact(torch.sigmoid, x, grad[a:b] if same_dtype else torch.empty_like(x))
+            if self.target is not None:
+                diff.sub_(self.target[a:b].to(self.dtype))
+            scale = _gather_slots(slot_scale, pairs, self.slots[a:b])
+            if go is not None:
+                scale = (go[a:b].to(self.dtype) * loss_weight) * scale
+            diff.mul_(scale)
+            if not same_dtype:
+                grad[a:b] = diff
+        if self.positives is not None and self.positives.numel():
+            s, _, _ = self._positive_terms()
+            scale = slot_scale[self.slots[self.positives].long()]
+            if go is not None:
+                scale = (go[self.positives].to(self.dtype) * loss_weight) * scale
+            grad[self.positives] = ((s - 1.0) * scale).to(self.pred_dtype)
+        if self.invalid_not_finite:  # NaN * 0 of an ignored element: 0
+            grad.masked_fill_(self.slots == 0, 0.0)
+        return grad.view(self.M, self.C)
+
+
+class RegressionCPU(GHMBackend):
+    """GHM-R (Authentic Smooth L1) on pred/target of any equal shape and strides; ``weight`` None
+    or the same shape, valid where > 0. Regression inputs are small (N x 4): whole-tensor ops;
+    kept between forward and backward: the uint8 slots."""
+
+    def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], binning,
+                 mu: float):
+        self.shape, self.pred_dtype = pred.shape, pred.dtype
+        self.dtype = _compute_dtype(pred)
+        self.pred = pred.detach().contiguous().view(-1)
+        self.target = target.detach().contiguous().view(-1)
+        self.valid = None if weight is None else (
+            weight.detach() > 0).reshape(-1).to(binning.slot_dtype)
+        self.binning, self.mu = binning, float(mu)
+        # mmdet adds the Python double mu * mu to the tensor: it is rounded to its dtype first.
+        self.mu_sq = float(torch.tensor(self.mu * self.mu, dtype=self.dtype))
+        self.slots: Optional[Tensor] = None
+        self.invalid_not_finite = False
+
+    def _diff_root(self) -> Tuple[Tensor, Tensor]:
+        d = self.pred.to(self.dtype) - self.target.to(self.dtype)
+        # torch.sqrt's vectorized loop is not correctly rounded on CPU: the same bits whatever
+        # the thread split, as for the sigmoid
+        root = d * d + self.mu_sq
+        return d, _exact(torch.sqrt, root, root)
+
+    def histogram(self) -> Tuple[Tensor, Tensor]:
+        d, root = self._diff_root()
+        # g = |d| / sqrt(d^2 + mu^2) <= 1: inside mmdet's last GHM-R bin (edge 1e3) at worst
+        slots = self.binning.slots((d / root).abs_(), above_one=False)
+        if self.valid is not None:
+            slots.mul_(self.valid)
+        self.slots = slots
+        counts, sums = count_slots(slots, self.binning.num_slots, root - self.mu)
+        self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
+        return counts, sums
+
+    def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
+        _, root = self._diff_root()
+        slot_weight = slot_weight.to(self.dtype)
+        w = _gather_slots(slot_weight, _slot_pair_table(slot_weight), self.slots)
+        out = (root - self.mu) * w * loss_weight
+        if not bool(torch.isfinite(out).all()):  # inf * 0 of an invalid element: 0
+            out.masked_fill_(w == 0, 0.0)
+        return out.view(self.shape)
+
+    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor] = None,
+             loss_weight: float = 1.0) -> Tensor:
+        d, root = self._diff_root()
+        slot_scale = slot_scale.to(self.dtype)
+        scale = _gather_slots(slot_scale, _slot_pair_table(slot_scale), self.slots)
         if grad_out is not None:
-            scale = (grad_out.float() * loss_weight) * scale
+            scale = (grad_out.detach().reshape(-1).to(self.dtype) * loss_weight) * scale
         # autograd's order through sqrt(d * d + mu^2): (scale / (2 r)) * d, twice (from d * d).
-        half = (scale / (2 * self.root)) * self.diff
-        return (half + half).to(self.pred.dtype)
+        half = (scale / (2 * root)) * d
+        grad = (half + half).to(self.pred_dtype)
+        if self.invalid_not_finite:  # NaN * 0 of an ignored element: 0
+            grad.masked_fill_(self.slots == 0, 0.0)
+        return grad.view(self.shape)

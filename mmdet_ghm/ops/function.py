@@ -1,20 +1,19 @@
 """The GHM autograd Function and the functional GHM-C / GHM-R entry points.
 
-Data path of one call: the passes object (CPU or Triton) histograms the gradient norms ->
-:class:`~mmdet_ghm.density.GradientDensity` turns the counts into a slot weight table (EMA update)
--> the passes object reduces the weighted loss. The Triton backward recomputes the gradient in one
-pass, scaled per slot (nothing of N x C size is kept between forward and backward). The CPU GHM-C
-passes form the gradient in the loss pass when it is wanted (grad mode on, a summed or averaged
-loss) and hand it over if the backward's ``grad_out`` is 1, else recompute it from the kept slots
-(one byte per element).
+Data path of one call: a backend (:mod:`mmdet_ghm.ops.backend`; CPU or Triton) reads the inputs
+once into slot counts and slot loss sums -> :class:`~mmdet_ghm.density.GradientDensity` turns the
+counts into slot weights (EMA update; all-reduced first under ``sync_across_ranks``) -> the loss is
+the dot product of the loss sums and the weights. The backward asks the backend for the gradient
+(one read, one write). Under ``create_graph=True`` the backward is formed from differentiable
+PyTorch ops instead, so that double backward works.
 """
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
+from ..binning import Binning
 from ..density import GradientDensity
-from .cpu_passes import ClassificationCPU, RegressionCPU
 
 # mmdet's weight_reduce_loss divides by (avg_factor + float32 eps) in double precision.
 EPS32 = torch.finfo(torch.float32).eps
@@ -32,88 +31,174 @@ def _use_triton(device: torch.device, backend: Optional[str]) -> bool:
     return backend == 'triton'
 
 
-def _grad_scale(grad_out: Tensor, loss_weight: float, divisor: Optional[Tensor]) -> Tensor:
-    """autograd's order in mmdet: ((grad_out * loss_weight) / divisor), then * weight."""
-    scale = grad_out * loss_weight
-    return scale if divisor is None else scale / divisor
+def _compute_dtype(pred: Tensor) -> torch.dtype:
+    """float64 stays float64 (mmdet's numbers for a model.double()); anything else float32."""
+    return torch.float64 if pred.dtype == torch.float64 else torch.float32
+
+
+class _Call:
+    """What one call needs besides pred: built by the entry point, completed by the forward.
+    ``can_raise``: the PyTorch backend may read the small bad-call flags on the host (a ValueError
+    instead of a NaN loss); the Triton backend must not (a host sync on CUDA)."""
+
+    def __init__(self, make_backend: Callable, torch_grad: Callable, density: GradientDensity,
+                 loss_weight: float, reduction: str, tot: Optional[Tensor],
+                 poison: Optional[Tensor], can_raise: bool, non_finite_message: Callable):
+        self.make_backend, self.torch_grad = make_backend, torch_grad
+        self.density, self.loss_weight, self.reduction = density, float(loss_weight), reduction
+        self.tot, self.poison, self.can_raise = tot, poison, can_raise
+        self.non_finite_message = non_finite_message
+        self.backend = self.binning = self.slot_weight = self.divisor = None
 
 
 class GHMFunction(torch.autograd.Function):
-    """Loss of one GHM call; ``passes`` holds the (non-differentiable) targets and weights."""
+    """Loss of one GHM call (see the module docstring); ``call`` is a :class:`_Call`."""
 
     @staticmethod
-    def forward(ctx, pred: Tensor, passes, density: GradientDensity, tot: Optional[Tensor],
-                poison: Optional[Tensor], loss_weight: float, reduction: str,
-                for_grad: bool = False) -> Tensor:
-        for_grad = for_grad and reduction != 'none'
-        counts = passes.histogram(for_grad=for_grad)
-        passes.check_finite()
-        if tot is None:  # GHM-C: the number of valid elements
-            tot = (pred.numel() - counts[0]).to(torch.float32)
-        counts, tot, world_size = density.synchronize(counts, tot.to(torch.float32))
+    def forward(pred: Tensor, call: _Call) -> Tensor:
+        density = call.density
+        call.binning = density.binning
+        call.backend = backend = call.make_backend(pred.detach(), call.binning)
+        counts, loss_sums = backend.histogram()
+        non_finite = ~torch.isfinite(loss_sums[1:]).all()
+        poisoned = (torch.zeros((), dtype=torch.bool, device=pred.device) if call.poison is None
+                    else call.poison.reshape(()).to(pred.device))
+        # GHM-C's tot: the number of valid elements; GHM-R's: the sum of the weights
+        tot = (pred.numel() - counts[0]).to(torch.float32) if call.tot is None else call.tot
+        flags = torch.stack([non_finite, poisoned]).double()
+        counts, tot, flags, world_size = density.synchronize(counts, tot.float(), flags)
+        skip = flags.sum() > 0
+        if call.can_raise and bool(flags[0] > 0):  # CPU: a read of a small host tensor
+            raise ValueError(call.non_finite_message(bool(non_finite)))
         tot = tot.clamp(min=1.0)
-        slot_weight = density.update(counts, tot, skip=poison)
-        divisor = None
-        if reduction == 'none':
-            loss = passes.loss(slot_weight, loss_weight, elementwise=True).view(pred.shape)
+        call.slot_weight = slot_weight = density.update(counts, tot, skip=skip)
+        if call.reduction == 'none':
+            loss = backend.elementwise_loss(slot_weight, call.loss_weight)
         else:
-            if reduction == 'mean':
+            dtype = _compute_dtype(pred)
+            loss = (loss_sums[1:-1] * slot_weight[1:-1].double()).sum().to(dtype)
+            if call.reduction == 'mean':
                 # Synced over ranks, divide by the mean tot (mmdet's reduce_mean(avg_factor)):
                 # DDP's average of the gradients is then the gradient of the union's loss.
-                divisor = (tot.double() / world_size + EPS32).float()
-            grad_scale = None
-            if for_grad:  # what backward computes for grad_out == 1
-                grad_scale = _grad_scale(torch.ones((), dtype=torch.float32, device=pred.device),
-                                         loss_weight, divisor)
-            loss = passes.loss(slot_weight, loss_weight, elementwise=False, grad_scale=grad_scale)
-            if divisor is not None:
-                loss = loss / divisor
-            loss = loss * loss_weight
-        if poison is not None:
-            loss = torch.where(poison, torch.full_like(loss, float('nan')), loss)
-        ctx.passes, ctx.slot_weight, ctx.divisor = passes, slot_weight, divisor
-        ctx.loss_weight, ctx.elementwise = loss_weight, reduction == 'none'
-        ctx.pred_shape = pred.shape
-        return loss
+                call.divisor = (tot.double() / world_size + EPS32).to(dtype)
+                loss = loss / call.divisor
+            loss = loss * call.loss_weight
+        return torch.where(skip, torch.full_like(loss, float('nan')), loss)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pred, call = inputs
+        ctx.save_for_backward(pred)  # autograd then rejects a pred modified in place
+        ctx.call = call
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        if ctx.elementwise:
-            grad = ctx.passes.grad(ctx.slot_weight, grad_out, ctx.loss_weight)
+        pred, = ctx.saved_tensors
+        call = ctx.call
+        if call.reduction == 'none':
+            slot_scale, elementwise_grad_out = call.slot_weight, grad_out
         else:
-            grad = ctx.passes.take_grad(grad_out)
-            if grad is None:
-                scale = _grad_scale(grad_out.float(), ctx.loss_weight, ctx.divisor)
-                grad = ctx.passes.grad(scale * ctx.slot_weight, None, ctx.loss_weight)
-        return grad.view(ctx.pred_shape), None, None, None, None, None, None, None
+            # autograd's order in mmdet: ((grad_out * loss_weight) / divisor) * weight
+            scale = grad_out.to(_compute_dtype(pred)) * call.loss_weight
+            if call.divisor is not None:
+                scale = scale / call.divisor
+            slot_scale, elementwise_grad_out = scale * call.slot_weight, None
+        if torch.is_grad_enabled():  # create_graph=True: a gradient autograd can differentiate
+            grad = call.torch_grad(pred, call.binning, slot_scale, elementwise_grad_out,
+                                   call.loss_weight)
+        else:
+            grad = call.backend.grad(slot_scale, elementwise_grad_out, call.loss_weight)
+        return grad.reshape(pred.shape), None
+
+
+def _factor(slots: Tensor, slot_scale: Tensor, grad_out: Optional[Tensor],
+            loss_weight: float) -> Tensor:
+    factor = slot_scale[slots.long()]
+    return factor if grad_out is None else (grad_out.to(factor.dtype) * loss_weight) * factor
+
+
+def _ghmc_torch_grad(labels, target, weight):
+    """GHM-C's gradient in differentiable PyTorch ops (double backward)."""
+    def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight):
+        x = pred.to(_compute_dtype(pred))
+        if labels is not None:  # one-hot without F.one_hot's range check (a host sync on CUDA)
+            M, C = x.shape
+            inside = (labels >= 0) & (labels < C)
+            t = x.new_zeros(M, C + 1).scatter_(1, torch.where(inside, labels, C)[:, None], 1.0)
+            t = t[:, :C]
+        else:
+            t = target.to(x.dtype)
+        s = torch.sigmoid(x)
+        slots = binning.slots((s - t).abs().detach())
+        if weight is not None:
+            valid = weight > 0
+            slots = slots.long() * (valid[:, None] if valid.dim() == 1 else valid)
+        factor = _factor(slots, slot_scale.to(x.dtype), grad_out, loss_weight)
+        return ((s - t) * factor).to(pred.dtype)
+    return grad
+
+
+def _ghmr_torch_grad(target, weight, mu):
+    """GHM-R's gradient in differentiable PyTorch ops (double backward)."""
+    def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight):
+        dtype = _compute_dtype(pred)
+        d = pred.to(dtype) - target.to(dtype)
+        root = torch.sqrt(d * d + _mu_sq(mu, dtype))
+        slots = binning.slots((d / root).abs().detach())
+        if weight is not None:
+            slots = slots.long() * (weight > 0)
+        factor = _factor(slots, slot_scale.to(dtype), grad_out, loss_weight)
+        half = (factor / (2 * root)) * d
+        return (half + half).to(pred.dtype)
+    return grad
+
+
+def _mu_sq(mu: float, dtype: torch.dtype) -> float:
+    """mmdet adds the Python double mu * mu to the tensor: rounded to its dtype first."""
+    return float(torch.tensor(mu * mu, dtype=dtype))
 
 
 def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
               weight: Optional[Tensor], density: GradientDensity, loss_weight: float = 1.0,
               reduction: str = 'mean', poison: Optional[Tensor] = None,
-              backend: Optional[str] = None) -> Tensor:
+              backend: Optional[str] = None, tot: Optional[Tensor] = None) -> Tensor:
     """GHM-C loss of validated inputs (see :class:`mmdet_ghm.GHMC` for the checks).
 
     Args:
-        pred: (M, C) logits, any floating dtype (computed in float32).
+        pred: (M, C) logits (C may be 0), any floating dtype (float64 computed in float64,
+            others in float32).
         labels: (M,) integer labels in [0, C] (C = background), or None.
-        target: (M, C) float targets in [0, 1] when ``labels`` is None.
+        target: (M, C) float targets when ``labels`` is None; elements whose g = |sigmoid(x) - t|
+            falls outside every bin (t outside [0, 1]) get weight 0 and are not counted (mmdet).
         weight: None, (M,) per row or (M, C) per element; valid where > 0.
         density: the gradient density (its EMA state is updated).
         poison: optional 0-dim bool; when True the loss is NaN and the state is left untouched.
         backend: None (Triton on CUDA, PyTorch on CPU), 'cpu' or 'triton'.
+        tot: optional 0-dim float32 normalizer replacing the number of valid elements.
 
     Returns:
-        float32 loss: 0-dim, or (M, C) for ``reduction='none'``.
+        loss in float32 (float64 for float64 pred): 0-dim, or (M, C) for ``reduction='none'``.
+
+    Raises:
+        ValueError (CPU backend only; every rank alike under ``sync_across_ranks``): the loss of
+        a valid element is not finite (NaN logits, or an infinite logit on the wrong side).
     """
-    if _use_triton(pred.device, backend):
-        from .triton_passes import ClassificationTriton as passes_cls
+    on_device = _use_triton(pred.device, backend)
+    if on_device:
+        from .triton_passes import ClassificationTriton as backend_cls
     else:
-        passes_cls = ClassificationCPU
-    passes = passes_cls(pred, labels, target, weight, density)
-    for_grad = pred.requires_grad and torch.is_grad_enabled()
-    return GHMFunction.apply(pred, passes, density, None, poison, loss_weight, reduction,
-                             for_grad)
+        from .cpu_passes import ClassificationCPU as backend_cls
+
+    def message(here: bool) -> str:
+        where = 'on this rank' if here else 'on another rank (sync_across_ranks)'
+        return (f'pred (logits) or target contain NaN or inf {where}, so the GHM-C loss of a '
+                'valid element is not finite; the EMA state is left untouched: check the model '
+                'for divergence')
+
+    call = _Call(lambda p, binning: backend_cls(p, labels, target, weight, binning),
+                 _ghmc_torch_grad(labels, target, weight), density, loss_weight, reduction, tot,
+                 poison, not on_device, message)
+    return GHMFunction.apply(pred, call)
 
 
 def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: GradientDensity,
@@ -122,16 +207,40 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
     """GHM-R loss (Authentic Smooth L1 ``sqrt(d^2 + mu^2) - mu``) of validated inputs.
 
     Args:
-        pred, target: same shape, any floating dtype (computed in float32).
+        pred, target: same shape and any strides (permuted, channels_last), any floating dtype
+            (float64 computed in float64, others in float32).
         weight: None or pred's shape; valid where > 0; tot = sum of weights (mmdet).
+
+    Raises:
+        ValueError (CPU backend only): the loss of a valid element is not finite (NaN or inf in
+        pred/target, or a difference whose square overflows the compute dtype).
     """
-    if _use_triton(pred.device, backend):
-        from .triton_passes import RegressionTriton as passes_cls
+    on_device = _use_triton(pred.device, backend)
+    if on_device:
+        from .triton_passes import RegressionTriton as backend_cls
     else:
-        passes_cls = RegressionCPU
-    passes = passes_cls(pred, target, weight, density, mu)
+        from .cpu_passes import RegressionCPU as backend_cls
     if weight is None:
-        tot = torch.tensor(float(pred.numel()), device=pred.device)
+        tot = torch.full((), pred.numel(), dtype=torch.float32, device=pred.device)
     else:
         tot = weight.sum(dtype=torch.float32)
-    return GHMFunction.apply(pred, passes, density, tot, None, loss_weight, reduction)
+
+    def message(here: bool) -> str:
+        if not here:
+            return ('pred or target (box regressions) contain NaN or inf (or overflow) on another '
+                    'rank (sync_across_ranks), so the GHM-R loss is not finite; the EMA state is '
+                    'left untouched: check the model for divergence')
+        valid = torch.ones_like(pred, dtype=torch.bool) if weight is None else weight > 0
+        if bool((torch.isfinite(pred) & torch.isfinite(target))[valid].all()):
+            big = float((pred.double() - target.double())[valid].abs().max())
+            return (f'pred - target reaches {big:.3g} on a valid element: its square overflows '
+                    f'{_compute_dtype(pred)}, so the ASL1 loss is inf (mmdet returns inf); '
+                    'the EMA state is left untouched: check the box targets and the model')
+        return ('pred or target (box regressions) contain NaN or inf on a valid element: the '
+                'GHM-R loss would not be finite; the EMA state is left untouched: check the '
+                'model for divergence')
+
+    call = _Call(lambda p, binning: backend_cls(p, target, weight, binning, mu),
+                 _ghmr_torch_grad(target, weight, mu), density, loss_weight, reduction, tot,
+                 None, not on_device, message)
+    return GHMFunction.apply(pred, call)

@@ -1,180 +1,309 @@
-"""Fused Triton kernels for GHM-C and GHM-R (CUDA tensors; CPU tensors under TRITON_INTERPRET=1).
+"""Triton kernels of GHM-C and GHM-R (CUDA tensors; CPU tensors under TRITON_INTERPRET=1).
 
-Three passes per loss, each one read of the inputs and no N x C temporary:
+Two passes per loss, like a fused focal loss, and nothing of the input's size kept between them:
 
-1. histogram: gradient norm -> slot -> per-program ``tl.histogram`` -> one vector integer
-   ``atomic_add`` into the ``(bins + 2,)`` slot counts (integer atomics: order-independent).
-2. loss: per-element loss times its slot weight; per-program partial sums (summed afterwards in a
-   fixed order, so the loss is bitwise reproducible) or the element-wise loss.
-3. grad (backward): ``dloss/dpred`` times the slot's gradient scale, written once in pred's dtype.
+1. histogram (forward): each program reads one block of the inputs once, bins every element and
+   writes its slot counts (``tl.histogram``) and its per-slot sums of the unweighted loss into one
+   column of two small ``(bins + 2, programs)`` tables. :func:`slot_partials_reduce_kernel` then
+   sums each row in a fixed order (float64 for the loss): counts and loss sums are bitwise
+   reproducible, no atomics at all. The reduced loss is ``dot(loss sums, slot weights)``.
+2. grad (backward): one read and one write, ``dloss/dx * factor[slot]``.
 
-The slot layout is :mod:`mmdet_ghm.density`'s. Edges are read from the density's float32 buffer, so
-the kernels bin exactly like the PyTorch path and mmdet (``edges[i] <= g < edges[i+1]``).
-Offsets are int64: inputs past 2**31 elements index correctly.
+``reduction='none'`` adds :func:`ghmc_elementwise_loss_kernel` (the per-element output needs the
+weights, known only after the histogram).
+
+Binning (one rule, :func:`_slot_of`): mmdet's ``edges[i] <= g < edges[i + 1]`` on the density's
+float32 edges. ``floor(g * bins)`` is within one bin of it (the product rounds monotonically and
+each edge is the float nearest ``i / bins``); comparing g with the two edges around that estimate
+corrects it. Two loads from a table of ``bins + 1`` floats (L1-resident) instead of the float64
+half-ulp formula of :mod:`mmdet_ghm.binning`, whose float64 arithmetic is slow on most GPUs.
+
+Exact on a GPU (``EXACT=True``, the launchers' choice on CUDA): GHM-C's g needs PyTorch's CUDA
+sigmoid bit for bit, ``1 / (1 + expf(-x))`` with the CUDA math library's ``expf``
+(``libdevice.exp``, the code nvcc inlines) and an IEEE division (``div_rn``); ``tl.sigmoid``
+would use ``ex2.approx`` and ``div.full``. nvcc compiles PyTorch with FMA contraction on, which
+fuses expf's last scaling with the ``1 +`` into one FMA; the GHM-C kernels are launched with
+fusion on for the same code (see ``CLS_FP_FUSION`` in :mod:`.triton_passes`). GHM-R's g and loss
+are IEEE ops in PyTorch's separate kernels (``d * d`` rounded before ``+ mu^2``): its kernels are
+launched with ``enable_fp_fusion=False``, so that no ``a * b + c`` becomes one FMA. The
+interpreter has no libdevice (``EXACT=False``): its ``exp`` is numpy's.
+
+Offsets: a program's base offset is int64 (inputs past 2**31 elements), everything inside a block
+int32; GHM-C's row index (labels, per-row weights) divides by the constexpr class count ``C``
+(a multiply and a shift, no 64-bit division per element).
 """
 import triton
 import triton.language as tl
+
+try:  # the CUDA math library (libdevice); absent from the interpreter
+    from triton.language.extra import libdevice
+except ImportError:  # pragma: no cover - every triton >= 3.0 has it
+    libdevice = None
 
 # Weight modes of GHM-C: no label weight, one per row (broadcast over classes), one per element.
 WEIGHT_NONE, WEIGHT_ROW, WEIGHT_ELEMENT = 0, 1, 2
 
 
 @triton.jit
+def _sigmoid(x, EXACT: tl.constexpr, F64: tl.constexpr):
+    """PyTorch's CUDA sigmoid: ``1 / (1 + exp(-x))``, IEEE division."""
+    if EXACT:
+        e = libdevice.exp(-x)
+    else:
+        e = tl.exp(-x)
+    if F64:
+        return 1.0 / (1.0 + e)  # float64 division is IEEE (div.rn.f64)
+    else:
+        return tl.math.div_rn(1.0, 1.0 + e)
+
+
+@triton.jit
+def sigmoid_kernel(x_ptr, s_ptr, numel, EXACT: tl.constexpr, BLOCK: tl.constexpr):
+    """float32 sigmoid of the kernels, element-wise (benchmarks/gpu_check.py compares it with
+    torch.sigmoid bit for bit)."""
+    base, lane, mask = _block(tl.program_id(0), numel, BLOCK)
+    x = tl.load(x_ptr + base + lane, mask=mask, other=0.0)
+    tl.store(s_ptr + base + lane, _sigmoid(x, EXACT, False), mask=mask)
+
+
+@triton.jit
 def _slot_of(g, edges_ptr, BINS: tl.constexpr):
-    """Slot of gradient norm g: 1 + bin, BINS + 1 when g is outside every bin or NaN."""
+    """Slot of gradient norm g >= 0: 1 + bin, BINS + 1 when g is NaN or >= the last edge."""
     finite = g == g
     b = tl.floor(tl.where(finite, g, 0.0) * BINS)
     b = tl.minimum(tl.maximum(b, 0.0), BINS - 1.0).to(tl.int32)
-    # floor(g * BINS) can be off by one from the float32 edges right at a boundary: fix it.
-    lo = tl.load(edges_ptr + b)
-    hi = tl.load(edges_ptr + b + 1)
+    # the estimate is off by one at most, right at a boundary: compare with the float32 edges
+    # (promoted to g's dtype, as mmdet's comparison does)
+    lo = tl.load(edges_ptr + b).to(g.dtype)
+    hi = tl.load(edges_ptr + b + 1).to(g.dtype)
     b = tl.where(g < lo, b - 1, tl.where(g >= hi, b + 1, b))
     return tl.where(finite, b + 1, BINS + 1)
 
 
 @triton.jit
-def _count_slots(slot, mask, counts_ptr, BINS: tl.constexpr, SLOTS_P2: tl.constexpr):
-    hist = tl.histogram(slot, SLOTS_P2, mask=mask)
-    idx = tl.arange(0, SLOTS_P2)
-    tl.atomic_add(counts_ptr + idx, hist.to(tl.int64), mask=idx < BINS + 2)
+def _log1p(e):
+    """log(1 + e) for 0 <= e <= 1, accurate for tiny e (Goldberg's trick; no libdevice needed)."""
+    u = 1.0 + e
+    tiny = u == 1.0
+    return tl.where(tiny, e, tl.log(u) * (e / tl.where(tiny, 1.0, u - 1.0)))
 
 
 @triton.jit
-def _cls_element(pred_ptr, label_ptr, target_ptr, weight_ptr, offs, mask, C,
-                 LABELS: tl.constexpr, WEIGHT: tl.constexpr):
-    """Logit, binary target and validity of flat elements ``offs`` of an (M, C) problem."""
-    x = tl.load(pred_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    row = offs // C
+def _bce_with_logits(x, t):
+    """PyTorch's BCE-with-logits, ``(1 - t) * x - log_sigmoid(x)`` (its rounding, e.g. for easy
+    negatives), with its limits at infinite logits instead of ``inf - inf``: 0 on the right side
+    (x = -inf with t = 0, x = +inf with t = 1), inf on the wrong side."""
+    log_sigmoid = tl.minimum(x, 0.0) - _log1p(tl.exp(-tl.abs(x)))
+    finite = (1.0 - t) * x - log_sigmoid
+    at_pos_inf = tl.where(t == 1.0, 0.0, (1.0 - t) * x)
+    at_neg_inf = tl.where(t == 0.0, 0.0, -t * x)
+    return tl.where(x == float('inf'), at_pos_inf,
+                    tl.where(x == -float('inf'), at_neg_inf, finite))
+
+
+@triton.jit
+def _block(pid, numel, BLOCK: tl.constexpr):
+    """int64 base offset of a program's block, its int32 lane index and in-range mask."""
+    base = pid.to(tl.int64) * BLOCK
+    lane = tl.arange(0, BLOCK)
+    rem = tl.minimum(numel - base, BLOCK).to(tl.int32)
+    return base, lane, lane < rem
+
+
+@triton.jit
+def _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
+                C: tl.constexpr, LABELS: tl.constexpr, WEIGHT: tl.constexpr,
+                CDT: tl.constexpr):
+    """Logit, target and validity of the elements ``base + lane`` of an (M, C) problem."""
+    x = tl.load(pred_ptr + base + lane, mask=mask, other=0.0).to(CDT)
+    # row = (base + lane) // C without a 64-bit division: one scalar division per program
+    row0 = base // C
+    local = (base - row0 * C).to(tl.int32) + lane
+    row_in_block = local // C
+    row = row0 + row_in_block
     if LABELS:
         label = tl.load(label_ptr + row, mask=mask, other=-1)
-        t = ((offs - row * C) == label).to(tl.float32)
+        t = ((local - row_in_block * C) == label).to(CDT)
     else:
-        t = tl.load(target_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        t = tl.load(target_ptr + base + lane, mask=mask, other=0).to(CDT)
     if WEIGHT == 1:
         valid = mask & (tl.load(weight_ptr + row, mask=mask, other=0) > 0)
     elif WEIGHT == 2:
-        valid = mask & (tl.load(weight_ptr + offs, mask=mask, other=0) > 0)
+        valid = mask & (tl.load(weight_ptr + base + lane, mask=mask, other=0) > 0)
     else:
         valid = mask
     return x, t, valid
 
 
 @triton.jit
-def _cls_slot(x, t, valid, edges_ptr, BINS: tl.constexpr):
-    s = tl.sigmoid(x)
+def _store_partials(slot, loss, mask, counts_part_ptr, sums_part_ptr, pid, num_programs,
+                    BINS: tl.constexpr, SLOTS_P2: tl.constexpr):
+    """This program's column of the partial tables: slot counts (every slot) and loss sums
+    (slots 1 .. BINS + 1; slot 0, the invalid elements, is never summed)."""
+    hist = tl.histogram(slot, SLOTS_P2, mask=mask)
+    idx = tl.arange(0, SLOTS_P2)
+    tl.store(counts_part_ptr + idx.to(tl.int64) * num_programs + pid, hist, mask=idx < BINS + 2)
+    # one masked sum per slot present in this block (most blocks hold a few slots): bit k of
+    # `present` says slot k is; slots >= 63 are always summed
+    bit = tl.full([SLOTS_P2], 1, tl.int64) << tl.minimum(idx, 62).to(tl.int64)
+    present = tl.sum(tl.where((hist > 0) & (idx < 63), bit, 0), axis=0)
+    for k in range(1, BINS + 2):
+        dst = sums_part_ptr + k * num_programs + pid
+        if (k >= 63) | (((present >> tl.minimum(k, 62)) & 1) != 0):
+            tl.store(dst, tl.sum(tl.where(slot == k, loss, 0.0), axis=0))
+        else:
+            tl.store(dst, 0.0)
+
+
+@triton.jit
+def slot_partials_reduce_kernel(counts_part_ptr, sums_part_ptr, counts_ptr, sums_ptr,
+                                num_programs, RBLOCK: tl.constexpr):
+    """Row k of the partial tables summed in a fixed order: int64 count, float64 loss sum of
+    slot k (0 for slot 0)."""
+    k = tl.program_id(0)
+    row = k.to(tl.int64) * num_programs
+    summed = tl.where(k > 0, num_programs, 0)  # row 0 of the loss sums is never written
+    count = tl.zeros([RBLOCK], tl.int64)
+    total = tl.zeros([RBLOCK], tl.float64)
+    for start in range(0, num_programs, RBLOCK):
+        j = start + tl.arange(0, RBLOCK)
+        count += tl.load(counts_part_ptr + row + j, mask=j < num_programs, other=0).to(tl.int64)
+        total += tl.load(sums_part_ptr + row + j, mask=j < summed, other=0.0).to(tl.float64)
+    tl.store(counts_ptr + k, tl.sum(count, axis=0))
+    tl.store(sums_ptr + k, tl.sum(total, axis=0))
+
+
+@triton.jit
+def ghmc_histogram_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr,
+                          counts_part_ptr, sums_part_ptr, numel, num_programs,
+                          C: tl.constexpr, BINS: tl.constexpr, SLOTS_P2: tl.constexpr,
+                          LABELS: tl.constexpr, WEIGHT: tl.constexpr, CDT: tl.constexpr,
+                          EXACT: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    base, lane, mask = _block(pid, numel, BLOCK)
+    x, t, valid = _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
+                              C, LABELS, WEIGHT, CDT)
+    s = _sigmoid(x, EXACT, CDT == tl.float64)
     slot = tl.where(valid, _slot_of(tl.abs(s - t), edges_ptr, BINS), 0)
-    return s, slot
+    _store_partials(slot, _bce_with_logits(x, t), mask, counts_part_ptr, sums_part_ptr, pid,
+                    num_programs, BINS, SLOTS_P2)
 
 
 @triton.jit
-def ghmc_histogram_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, counts_ptr,
-                          numel, C, BINS: tl.constexpr, SLOTS_P2: tl.constexpr,
-                          LABELS: tl.constexpr, WEIGHT: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    x, t, valid = _cls_element(pred_ptr, label_ptr, target_ptr, weight_ptr, offs, mask, C,
-                               LABELS, WEIGHT)
-    _, slot = _cls_slot(x, t, valid, edges_ptr, BINS)
-    _count_slots(slot, mask, counts_ptr, BINS, SLOTS_P2)
-
-
-@triton.jit
-def ghmc_loss_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, slot_weight_ptr,
-                     out_ptr, loss_weight, numel, C, BINS: tl.constexpr, LABELS: tl.constexpr,
-                     WEIGHT: tl.constexpr, ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    x, t, valid = _cls_element(pred_ptr, label_ptr, target_ptr, weight_ptr, offs, mask, C,
-                               LABELS, WEIGHT)
-    _, slot = _cls_slot(x, t, valid, edges_ptr, BINS)
-    w = tl.load(slot_weight_ptr + slot)
-    # binary_cross_entropy_with_logits, in PyTorch's stable form
-    m = tl.maximum(-x, 0.0)
-    bce = (1.0 - t) * x + m + tl.log(tl.exp(-m) + tl.exp(-x - m))
-    weighted = bce * w
-    if ELEMENTWISE:
-        tl.store(out_ptr + offs, weighted * loss_weight, mask=mask)
-    else:
-        tl.store(out_ptr + pid, tl.sum(tl.where(mask, weighted, 0.0), axis=0))
+def ghmc_elementwise_loss_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr,
+                                 slot_weight_ptr, out_ptr, loss_weight: tl.float64, numel,
+                                 C: tl.constexpr, BINS: tl.constexpr, LABELS: tl.constexpr,
+                                 WEIGHT: tl.constexpr, CDT: tl.constexpr, EXACT: tl.constexpr,
+                                 BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    base, lane, mask = _block(pid, numel, BLOCK)
+    x, t, valid = _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
+                              C, LABELS, WEIGHT, CDT)
+    s = _sigmoid(x, EXACT, CDT == tl.float64)
+    slot = tl.where(valid, _slot_of(tl.abs(s - t), edges_ptr, BINS), 0)
+    w = tl.load(slot_weight_ptr + slot).to(CDT)
+    # mmdet's order: (loss * weight) * loss_weight; invalid elements exactly 0
+    loss = (_bce_with_logits(x, t) * w) * tl.cast(loss_weight, CDT)
+    tl.store(out_ptr + base + lane, tl.where(slot == 0, 0.0, loss), mask=mask)
 
 
 @triton.jit
 def ghmc_grad_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, slot_scale_ptr,
-                     grad_out_ptr, grad_ptr, loss_weight, numel, C, BINS: tl.constexpr,
-                     LABELS: tl.constexpr, WEIGHT: tl.constexpr, ELEMENTWISE: tl.constexpr,
-                     BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    x, t, valid = _cls_element(pred_ptr, label_ptr, target_ptr, weight_ptr, offs, mask, C,
-                               LABELS, WEIGHT)
-    s, slot = _cls_slot(x, t, valid, edges_ptr, BINS)
-    scale = tl.load(slot_scale_ptr + slot)
+                     grad_out_ptr, grad_ptr, loss_weight: tl.float64, numel,
+                     C: tl.constexpr, BINS: tl.constexpr, LABELS: tl.constexpr,
+                     WEIGHT: tl.constexpr, CDT: tl.constexpr, EXACT: tl.constexpr,
+                     ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    base, lane, mask = _block(pid, numel, BLOCK)
+    x, t, valid = _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
+                              C, LABELS, WEIGHT, CDT)
+    s = _sigmoid(x, EXACT, CDT == tl.float64)
+    slot = tl.where(valid, _slot_of(tl.abs(s - t), edges_ptr, BINS), 0)
+    factor = tl.load(slot_scale_ptr + slot).to(CDT)
     if ELEMENTWISE:
-        # autograd's order for `bce * w * loss_weight`: (grad_out * loss_weight) * w
-        go = tl.load(grad_out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        scale = (go * loss_weight) * scale
-    tl.store(grad_ptr + offs, ((s - t) * scale).to(grad_ptr.dtype.element_ty), mask=mask)
+        # autograd's order in mmdet: (grad_out * loss_weight) * weight
+        go = tl.load(grad_out_ptr + base + lane, mask=mask, other=0.0).to(CDT)
+        factor = (go * tl.cast(loss_weight, CDT)) * factor
+    grad = tl.where(slot == 0, 0.0, (s - t) * factor)
+    tl.store(grad_ptr + base + lane, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _reg_element(pred_ptr, target_ptr, weight_ptr, offs, mask, mu_sq,
-                 HAS_WEIGHT: tl.constexpr):
-    """Difference, sqrt(d^2 + mu^2) and validity; sqrt_rn/div_rn round like PyTorch."""
-    d = (tl.load(pred_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-         - tl.load(target_ptr + offs, mask=mask, other=0.0).to(tl.float32))
-    r = tl.sqrt_rn(d * d + mu_sq)
+def _reg_inputs(pred_ptr, target_ptr, weight_ptr, base, lane, mask, mu_sq,
+                HAS_WEIGHT: tl.constexpr, CDT: tl.constexpr):
+    """Difference d, root r = sqrt(d * d + mu^2) and validity. Launched without FP fusion:
+    d * d is rounded before the addition, as PyTorch's separate kernels do."""
+    d = (tl.load(pred_ptr + base + lane, mask=mask, other=0.0).to(CDT)
+         - tl.load(target_ptr + base + lane, mask=mask, other=0.0).to(CDT))
+    r2 = d * d + mu_sq
+    if CDT == tl.float64:
+        r = tl.sqrt(r2)  # float64 sqrt is IEEE (sqrt.rn.f64)
+    else:
+        r = tl.sqrt_rn(r2)
     if HAS_WEIGHT:
-        valid = mask & (tl.load(weight_ptr + offs, mask=mask, other=0) > 0)
+        valid = mask & (tl.load(weight_ptr + base + lane, mask=mask, other=0) > 0)
     else:
         valid = mask
     return d, r, valid
 
 
 @triton.jit
-def _reg_slot(d, r, valid, edges_ptr, BINS: tl.constexpr):
-    return tl.where(valid, _slot_of(tl.abs(tl.math.div_rn(d, r)), edges_ptr, BINS), 0)
-
-
-@triton.jit
-def ghmr_histogram_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, counts_ptr, mu_sq, numel,
-                          BINS: tl.constexpr, SLOTS_P2: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                          BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    d, r, valid = _reg_element(pred_ptr, target_ptr, weight_ptr, offs, mask, mu_sq, HAS_WEIGHT)
-    slot = _reg_slot(d, r, valid, edges_ptr, BINS)
-    _count_slots(slot, mask, counts_ptr, BINS, SLOTS_P2)
-
-
-@triton.jit
-def ghmr_loss_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, slot_weight_ptr, out_ptr,
-                     mu, mu_sq, loss_weight, numel, BINS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                     ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    d, r, valid = _reg_element(pred_ptr, target_ptr, weight_ptr, offs, mask, mu_sq, HAS_WEIGHT)
-    slot = _reg_slot(d, r, valid, edges_ptr, BINS)
-    weighted = (r - mu) * tl.load(slot_weight_ptr + slot)
-    if ELEMENTWISE:
-        tl.store(out_ptr + offs, weighted * loss_weight, mask=mask)
+def _reg_slot(d, r, valid, edges_ptr, BINS: tl.constexpr, CDT: tl.constexpr):
+    if CDT == tl.float64:
+        g = tl.abs(d / r)
     else:
-        tl.store(out_ptr + pid, tl.sum(tl.where(mask, weighted, 0.0), axis=0))
+        g = tl.abs(tl.math.div_rn(d, r))
+    return tl.where(valid, _slot_of(g, edges_ptr, BINS), 0)
+
+
+@triton.jit
+def ghmr_histogram_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, counts_part_ptr,
+                          sums_part_ptr, mu: tl.float64, mu_sq: tl.float64, numel, num_programs,
+                          BINS: tl.constexpr, SLOTS_P2: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                          CDT: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    base, lane, mask = _block(pid, numel, BLOCK)
+    d, r, valid = _reg_inputs(pred_ptr, target_ptr, weight_ptr, base, lane, mask,
+                              tl.cast(mu_sq, CDT), HAS_WEIGHT, CDT)
+    slot = _reg_slot(d, r, valid, edges_ptr, BINS, CDT)
+    _store_partials(slot, r - tl.cast(mu, CDT), mask, counts_part_ptr, sums_part_ptr, pid,
+                    num_programs, BINS, SLOTS_P2)
+
+
+@triton.jit
+def ghmr_elementwise_loss_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, slot_weight_ptr,
+                                 out_ptr, mu: tl.float64, mu_sq: tl.float64,
+                                 loss_weight: tl.float64, numel, BINS: tl.constexpr,
+                                 HAS_WEIGHT: tl.constexpr, CDT: tl.constexpr,
+                                 BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    base, lane, mask = _block(pid, numel, BLOCK)
+    d, r, valid = _reg_inputs(pred_ptr, target_ptr, weight_ptr, base, lane, mask,
+                              tl.cast(mu_sq, CDT), HAS_WEIGHT, CDT)
+    slot = _reg_slot(d, r, valid, edges_ptr, BINS, CDT)
+    w = tl.load(slot_weight_ptr + slot).to(CDT)
+    loss = ((r - tl.cast(mu, CDT)) * w) * tl.cast(loss_weight, CDT)
+    tl.store(out_ptr + base + lane, tl.where(slot == 0, 0.0, loss), mask=mask)
 
 
 @triton.jit
 def ghmr_grad_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, slot_scale_ptr, grad_out_ptr,
-                     grad_ptr, mu_sq, loss_weight, numel, BINS: tl.constexpr,
-                     HAS_WEIGHT: tl.constexpr, ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    d, r, valid = _reg_element(pred_ptr, target_ptr, weight_ptr, offs, mask, mu_sq, HAS_WEIGHT)
-    slot = _reg_slot(d, r, valid, edges_ptr, BINS)
-    scale = tl.load(slot_scale_ptr + slot)
+                     grad_ptr, mu_sq: tl.float64, loss_weight: tl.float64, numel,
+                     BINS: tl.constexpr, HAS_WEIGHT: tl.constexpr, CDT: tl.constexpr,
+                     ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    base, lane, mask = _block(pid, numel, BLOCK)
+    d, r, valid = _reg_inputs(pred_ptr, target_ptr, weight_ptr, base, lane, mask,
+                              tl.cast(mu_sq, CDT), HAS_WEIGHT, CDT)
+    slot = _reg_slot(d, r, valid, edges_ptr, BINS, CDT)
+    factor = tl.load(slot_scale_ptr + slot).to(CDT)
     if ELEMENTWISE:
-        go = tl.load(grad_out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        scale = (go * loss_weight) * scale
-    # autograd's order through sqrt(d * d + mu^2): (scale / (2 r)) * d, twice (d * d).
-    half = tl.math.div_rn(scale, 2.0 * r) * d
-    tl.store(grad_ptr + offs, (half + half).to(grad_ptr.dtype.element_ty), mask=mask)
+        go = tl.load(grad_out_ptr + base + lane, mask=mask, other=0.0).to(CDT)
+        factor = (go * tl.cast(loss_weight, CDT)) * factor
+    # autograd's order through sqrt(d * d + mu^2): (factor / (2 r)) * d, twice (from d * d)
+    if CDT == tl.float64:
+        half = (factor / (2.0 * r)) * d
+    else:
+        half = tl.math.div_rn(factor, 2.0 * r) * d
+    grad = tl.where(slot == 0, 0.0, half + half)
+    tl.store(grad_ptr + base + lane, grad.to(grad_ptr.dtype.element_ty), mask=mask)

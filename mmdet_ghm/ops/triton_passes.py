@@ -1,142 +1,186 @@
-"""Launchers of the Triton kernels: same contract as :mod:`mmdet_ghm.ops.cpu_passes`.
+"""The Triton backend (:class:`~mmdet_ghm.ops.backend.GHMBackend`) of GHM-C and GHM-R.
 
-They pick block sizes, map the optional inputs to the kernels' constexpr modes and allocate the
-outputs; no host sync anywhere (counts and weights stay on the device).
+Launchers only: they choose block sizes and constexpr modes, allocate the outputs and launch the
+kernels of :mod:`.triton_kernels` on pred's device. Nothing here reads a device value on the host:
+a call never syncs. Per call: two launches in the forward (histogram pass, fixed-order reduction
+of its per-program partials), one more for ``reduction='none'``, one in the backward.
 """
-from typing import Optional
+import contextlib
+import os
+from typing import Optional, Tuple
 
 import torch
 import triton
 from torch import Tensor
 
 from . import triton_kernels as K
+from .backend import GHMBackend
 
-BLOCK = 1024
-NUM_WARPS = 4
-
-
-def _grid(numel: int):
-    return (max(1, triton.cdiv(numel, BLOCK)),)
-
-
-def _slots_p2(bins: int) -> int:
-    return triton.next_power_of_2(bins + 2)
-
-
-def _loss_output(pred: Tensor, elementwise: bool):
-    """Grid and output of a loss kernel: the element-wise loss, or one partial sum a program."""
-    grid = _grid(pred.numel())
-    shape = pred.shape if elementwise else grid
-    return grid, torch.empty(shape, dtype=torch.float32, device=pred.device)
+# Block sizes for an H100/H200-class GPU, from ptxas's register counts for sm_90 (8 elements a
+# thread: 64 registers in float32, so 4 programs of 8 warps fit on one SM; 16 a thread spill or
+# halve that): GHM-C 2048 elements and 8 warps a program (1024 in float64), GHM-R 1024 and 4
+# (its inputs are small, N x 4). The reduction sums one row of the partial tables a program.
+CLS_BLOCK, CLS_BLOCK_F64, CLS_WARPS = 2048, 1024, 8
+REG_BLOCK, REG_WARPS = 1024, 4
+REDUCE_BLOCK, REDUCE_WARPS = 4096, 8
+# FMA contraction as nvcc compiles PyTorch's CUDA sigmoid (on); GHM-R off (see triton_kernels)
+CLS_FP_FUSION = True
+REG_FP_FUSION = False
 
 
-def _finish_loss(out: Tensor, elementwise: bool) -> Tensor:
-    # per-program partials summed in a fixed order: bitwise reproducible
-    return out if elementwise else out.sum(dtype=torch.float64).float()
+def interpreting() -> bool:
+    """Whether the kernels run in Triton's interpreter (no libdevice there)."""
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
-class ClassificationTriton:
-    """GHM-C passes; inputs as for ``ClassificationCPU``, made contiguous."""
+def _device_guard(t: Tensor):
+    """Launch on t's device, not the current one."""
+    return torch.cuda.device(t.device) if t.device.type == 'cuda' else contextlib.nullcontext()
+
+
+def _loadable(t: Optional[Tensor]) -> Optional[Tensor]:
+    """Contiguous, with bool viewed as uint8 (the kernels compare with 0 or convert)."""
+    if t is None:
+        return None
+    t = t.detach().contiguous()
+    return t.view(torch.uint8) if t.dtype == torch.bool else t
+
+
+def _compute_dtype(pred: Tensor):
+    """(torch dtype, triton dtype) of the arithmetic: float64 for float64 pred, else float32."""
+    if pred.dtype == torch.float64:
+        return torch.float64, K.tl.float64
+    return torch.float32, K.tl.float32
+
+
+def _launch_options(block: int, warps: int, fp_fusion: bool) -> dict:
+    return dict(BLOCK=block, num_warps=warps, enable_fp_fusion=fp_fusion,
+                enable_reflect_ftz=False)  # PyTorch's CUDA code is built without ftz
+
+
+def _slot_sums(kernel, inputs: tuple, scalars: tuple, numel: int, bins: int, device,
+               dtype: torch.dtype, options: dict, modes: dict) -> Tuple[Tensor, Tensor]:
+    """Run a histogram kernel and reduce its partial tables: int64 counts, float64 loss sums."""
+    counts = torch.zeros(bins + 2, dtype=torch.int64, device=device)
+    sums = torch.zeros(bins + 2, dtype=torch.float64, device=device)
+    if numel == 0:
+        return counts, sums
+    programs = triton.cdiv(numel, options['BLOCK'])
+    counts_part = torch.empty((bins + 2, programs), dtype=torch.int32, device=device)
+    sums_part = torch.empty((bins + 2, programs), dtype=dtype, device=device)
+    kernel[(programs,)](*inputs, counts_part, sums_part, *scalars, numel, programs,
+                        SLOTS_P2=triton.next_power_of_2(bins + 2), **modes, **options)
+    K.slot_partials_reduce_kernel[(bins + 2,)](counts_part, sums_part, counts, sums, programs,
+                                               RBLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS,
+                                               enable_fp_fusion=False)
+    return counts, sums
+
+
+class ClassificationTriton(GHMBackend):
+    """GHM-C on an (M, C) problem (see :mod:`mmdet_ghm.ops.backend` for the arguments)."""
 
     def __init__(self, pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
-                 weight: Optional[Tensor], density):
-        self.pred, self.labels, self.target, self.weight = (
-            None if t is None else t.detach().contiguous()
-            for t in (pred, labels, target, weight))
-        self.edges = density.edges.contiguous()
-        self.bins = density.bins
-        self.numel, self.C = self.pred.numel(), self.pred.shape[-1]
+                 weight: Optional[Tensor], binning):
+        self.pred = pred.detach().contiguous()
+        self.labels, self.target, self.weight = map(_loadable, (labels, target, weight))
+        self.edges = binning.edges.to(device=self.pred.device, dtype=torch.float32).contiguous()
+        self.bins = binning.bins
+        self.numel = self.pred.numel()
+        self.dtype, self.cdt = _compute_dtype(self.pred)
         if weight is None:
-            self.weight_mode = K.WEIGHT_NONE
+            weight_mode = K.WEIGHT_NONE
         else:
-            self.weight_mode = K.WEIGHT_ROW if weight.dim() == 1 else K.WEIGHT_ELEMENT
+            weight_mode = K.WEIGHT_ROW if weight.dim() == 1 else K.WEIGHT_ELEMENT
+        needs_row = labels is not None or weight_mode == K.WEIGHT_ROW
+        # C is a constexpr (a cheap division); 1 where no row index is needed: fewer variants
+        self.modes = dict(C=self.pred.shape[-1] if needs_row else 1, BINS=self.bins,
+                          LABELS=labels is not None, WEIGHT=weight_mode, CDT=self.cdt,
+                          EXACT=not interpreting())
+        block = CLS_BLOCK_F64 if self.dtype == torch.float64 else CLS_BLOCK
+        self.options = _launch_options(block, CLS_WARPS, CLS_FP_FUSION)
 
     def _inputs(self):
-        # unused pointers get pred: the kernels never read them in that mode
+        # pointers a mode does not read get pred's
         return (self.pred,
                 self.pred if self.labels is None else self.labels,
                 self.pred if self.target is None else self.target,
-                self.pred if self.weight is None else self.weight)
+                self.pred if self.weight is None else self.weight,
+                self.edges)
 
-    def _modes(self):
-        return dict(BINS=self.bins, LABELS=self.labels is not None, WEIGHT=self.weight_mode,
-                    BLOCK=BLOCK, num_warps=NUM_WARPS)
+    def _launch(self, kernel, *args, **constexprs):
+        grid = (triton.cdiv(self.numel, self.options['BLOCK']),)
+        kernel[grid](*self._inputs(), *args, self.numel, **self.modes, **constexprs,
+                     **self.options)
 
-    def check_finite(self) -> None:
-        """No check on the device (it would sync): NaN gradient norms are left out of the
-        counts, so a NaN loss never poisons the EMA state."""
+    def histogram(self) -> Tuple[Tensor, Tensor]:
+        with _device_guard(self.pred):
+            return _slot_sums(K.ghmc_histogram_kernel, self._inputs(), (), self.numel, self.bins,
+                              self.pred.device, self.dtype, self.options, self.modes)
 
-    def histogram(self, for_grad: bool = False) -> Tensor:
-        """``for_grad`` is for the CPU passes; here the backward kernel forms the gradient."""
-        counts = torch.zeros(self.bins + 2, dtype=torch.int64, device=self.pred.device)
-        K.ghmc_histogram_kernel[_grid(self.numel)](
-            *self._inputs(), self.edges, counts, self.numel, self.C,
-            SLOTS_P2=_slots_p2(self.bins), **self._modes())
-        return counts
+    def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
+        out = torch.empty(self.pred.shape, dtype=self.dtype, device=self.pred.device)
+        if self.numel:
+            with _device_guard(self.pred):
+                self._launch(K.ghmc_elementwise_loss_kernel, slot_weight.contiguous(), out,
+                             float(loss_weight))
+        return out
 
-    def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool,
-             grad_scale: Optional[Tensor] = None) -> Tensor:
-        grid, out = _loss_output(self.pred, elementwise)
-        K.ghmc_loss_kernel[grid](
-            *self._inputs(), self.edges, slot_weight, out, float(loss_weight), self.numel, self.C,
-            ELEMENTWISE=elementwise, **self._modes())
-        return _finish_loss(out, elementwise)
-
-    def take_grad(self, grad_out: Tensor) -> None:
-        """Nothing is formed ahead: the backward pass calls :meth:`grad`."""
-        return None
-
-    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
+    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor] = None,
+             loss_weight: float = 1.0) -> Tensor:
         grad = torch.empty_like(self.pred)
-        go = self.pred if grad_out is None else grad_out.contiguous()
-        K.ghmc_grad_kernel[_grid(self.numel)](
-            *self._inputs(), self.edges, slot_scale, go, grad, float(loss_weight), self.numel,
-            self.C, ELEMENTWISE=grad_out is not None, **self._modes())
+        if self.numel:
+            go = self.pred if grad_out is None else grad_out.detach().contiguous()
+            with _device_guard(self.pred):
+                self._launch(K.ghmc_grad_kernel, slot_scale.contiguous(), go, grad,
+                             float(loss_weight), ELEMENTWISE=grad_out is not None)
         return grad
 
 
-class RegressionTriton:
-    """GHM-R passes; inputs as for ``RegressionCPU``, made contiguous."""
+class RegressionTriton(GHMBackend):
+    """GHM-R (Authentic Smooth L1) on pred/target of any equal shape and strides."""
 
-    def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], density,
+    def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], binning,
                  mu: float):
-        self.pred, self.target, self.weight = (
-            None if t is None else t.detach().contiguous() for t in (pred, target, weight))
-        self.edges = density.edges.contiguous()
-        self.bins = density.bins
+        self.pred = pred.detach().contiguous()
+        self.target, self.weight = _loadable(target), _loadable(weight)
+        self.edges = binning.edges.to(device=self.pred.device, dtype=torch.float32).contiguous()
+        self.bins = binning.bins
         self.numel = self.pred.numel()
-        self.mu = float(mu)
-        self.mu_sq = float(torch.tensor(mu * mu, dtype=torch.float32))
+        self.dtype, self.cdt = _compute_dtype(self.pred)
+        # Python doubles: the kernels round them to the compute dtype, as PyTorch rounds a
+        # Python scalar to the tensor's dtype (mmdet adds the double mu * mu)
+        self.mu, self.mu_sq = float(mu), float(mu) * float(mu)
+        self.modes = dict(BINS=self.bins, HAS_WEIGHT=weight is not None, CDT=self.cdt)
 
     def _inputs(self):
-        return self.pred, self.target, self.pred if self.weight is None else self.weight
+        return (self.pred, self.target, self.pred if self.weight is None else self.weight,
+                self.edges)
 
-    def _modes(self):
-        return dict(BINS=self.bins, HAS_WEIGHT=self.weight is not None, BLOCK=BLOCK,
-                    num_warps=NUM_WARPS)
+    def _launch(self, kernel, *args, **constexprs):
+        grid = (triton.cdiv(self.numel, REG_BLOCK),)
+        kernel[grid](*self._inputs(), *args, self.numel, **self.modes, **constexprs,
+                     **_launch_options(REG_BLOCK, REG_WARPS, REG_FP_FUSION))
 
-    check_finite = ClassificationTriton.check_finite
-    take_grad = ClassificationTriton.take_grad
+    def histogram(self) -> Tuple[Tensor, Tensor]:
+        with _device_guard(self.pred):
+            return _slot_sums(K.ghmr_histogram_kernel, self._inputs(), (self.mu, self.mu_sq),
+                              self.numel, self.bins, self.pred.device, self.dtype,
+                              _launch_options(REG_BLOCK, REG_WARPS, REG_FP_FUSION), self.modes)
 
-    def histogram(self, for_grad: bool = False) -> Tensor:
-        counts = torch.zeros(self.bins + 2, dtype=torch.int64, device=self.pred.device)
-        K.ghmr_histogram_kernel[_grid(self.numel)](
-            *self._inputs(), self.edges, counts, self.mu_sq, self.numel,
-            SLOTS_P2=_slots_p2(self.bins), **self._modes())
-        return counts
+    def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
+        out = torch.empty(self.pred.shape, dtype=self.dtype, device=self.pred.device)
+        if self.numel:
+            with _device_guard(self.pred):
+                self._launch(K.ghmr_elementwise_loss_kernel, slot_weight.contiguous(), out,
+                             self.mu, self.mu_sq, float(loss_weight))
+        return out
 
-    def loss(self, slot_weight: Tensor, loss_weight: float, elementwise: bool,
-             grad_scale: Optional[Tensor] = None) -> Tensor:
-        grid, out = _loss_output(self.pred, elementwise)
-        K.ghmr_loss_kernel[grid](
-            *self._inputs(), self.edges, slot_weight, out, self.mu, self.mu_sq, float(loss_weight),
-            self.numel, ELEMENTWISE=elementwise, **self._modes())
-        return _finish_loss(out, elementwise)
-
-    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor], loss_weight: float) -> Tensor:
+    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor] = None,
+             loss_weight: float = 1.0) -> Tensor:
         grad = torch.empty_like(self.pred)
-        go = self.pred if grad_out is None else grad_out.contiguous()
-        K.ghmr_grad_kernel[_grid(self.numel)](
-            *self._inputs(), self.edges, slot_scale, go, grad, self.mu_sq, float(loss_weight),
-            self.numel, ELEMENTWISE=grad_out is not None, **self._modes())
+        if self.numel:
+            go = self.pred if grad_out is None else grad_out.detach().contiguous()
+            with _device_guard(self.pred):
+                self._launch(K.ghmr_grad_kernel, slot_scale.contiguous(), go, grad, self.mu_sq,
+                             float(loss_weight), ELEMENTWISE=grad_out is not None)
         return grad

@@ -1,0 +1,247 @@
+"""Argument checks and input normalization for GHMC / GHMR, in one place.
+
+Every bad argument raises :class:`GHMArgumentError`, whose message starts with the argument's name
+and says what was expected. Good inputs are brought to what the functionals in :mod:`mmdet_ghm.ops`
+take, with mmdet 3.3.0's meaning wherever mmdet accepts them (numpy scalars, one-hot integer
+targets, label weights that broadcast over pred).
+"""
+import math
+import numbers
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+REDUCTIONS = ('none', 'mean', 'sum')
+
+
+class GHMArgumentError(ValueError, AssertionError):
+    """A bad argument to GHMC / GHMR. A ValueError, as this package promises, and an AssertionError,
+    what mmdet's own loss tests expect of a bad ``reduction_override``."""
+
+
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f'a {value.dtype} tensor of shape {tuple(value.shape)}'
+    return f'{value!r:.60}'
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """A Python or numpy integer >= minimum, as a Python int (bool is refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise GHMArgumentError(f'{name} must be an int >= {minimum}, got {_describe(value)}')
+    return int(value)
+
+
+def check_real(name: str, value, expected: str, accept) -> float:
+    """A Python or numpy real (bool refused) for which ``accept(value)`` holds, as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not accept(float(value)):
+        raise GHMArgumentError(f'{name} must be {expected}, got {_describe(value)}')
+    return float(value)
+
+
+def check_bins(bins) -> int:
+    return check_int('bins', bins, 1)
+
+
+def check_momentum(momentum) -> float:
+    return check_real('momentum', momentum, 'a float in [0, 1)', lambda m: 0.0 <= m < 1.0)
+
+
+def check_mu(mu) -> float:
+    return check_real('mu', mu, 'a finite float > 0', lambda m: 0.0 < m < math.inf)
+
+
+def check_loss_weight(loss_weight) -> float:
+    return check_real('loss_weight', loss_weight, 'a finite float', math.isfinite)
+
+
+def check_flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise GHMArgumentError(f'{name} must be True or False, got {_describe(value)}')
+    return bool(value)
+
+
+def check_reduction(name: str, value) -> str:
+    if not isinstance(value, str) or value not in REDUCTIONS:
+        raise GHMArgumentError(f'{name} must be one of {REDUCTIONS}, got {_describe(value)}')
+    return value
+
+
+def _check_tensor(name: str, value, pred: Optional[Tensor] = None) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise GHMArgumentError(f'{name} must be a tensor, got {type(value).__name__}')
+    if value.is_complex():
+        raise GHMArgumentError(f'{name} must be a real tensor, got {value.dtype}')
+    if pred is not None and value.device != pred.device:
+        raise GHMArgumentError(f'{name} must be on pred\'s device {pred.device}, '
+                               f'got {value.device}')
+    return value
+
+
+def _check_pred(value, what: str) -> Tensor:
+    _check_tensor('pred', value)
+    if not torch.is_floating_point(value):
+        raise GHMArgumentError(f'pred must be a floating-point tensor of {what}, '
+                               f'got {value.dtype}')
+    return value
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+def _rows(shape: torch.Size) -> int:
+    return math.prod(shape[:-1]) if len(shape) else 1
+
+
+def labels_message(num_classes: int, here: bool, quality: bool = False) -> str:
+    where = 'got values outside' if here else 'got values outside on another rank'
+    scores = ' and quality scores in [0, 1]' if quality else ''
+    return (f'target: labels must lie in [0, {num_classes}] ({num_classes} = background){scores}, '
+            f'{where}' + ('' if here else ' (sync_across_ranks); the EMA state is left untouched'))
+
+
+def _quality_target(pred: Tensor, target: tuple, check_now: bool):
+    """A Quality Focal Loss target ``(labels (N,), scores (N,))`` (GFL, TOOD, RTMDet, LD) as the
+    float target it stands for, QFL's own BCE target: ``scores`` at each labelled class, 0
+    elsewhere and on background rows. Returns it with the poison of out-of-range labels or
+    scores outside [0, 1] (raised here instead when ``check_now`` on the CPU)."""
+    if len(target) != 2:
+        raise GHMArgumentError(f'target must be a tensor or a (labels, scores) pair, got a '
+                               f'tuple of {len(target)}')
+    labels = _check_tensor('target', target[0], pred)
+    scores = _check_tensor('target', target[1], pred)
+    if (pred.dim() != 2 or torch.is_floating_point(labels) or labels.dtype == torch.bool
+            or not torch.is_floating_point(scores)
+            or labels.shape != pred.shape[:1] or scores.shape != pred.shape[:1]):
+        raise GHMArgumentError(
+            'target: a (labels, scores) pair needs pred (N, C), integer labels (N,) and float '
+            f'scores (N,), got pred {tuple(pred.shape)}, labels {_describe(labels)}, scores '
+            f'{_describe(scores)}')
+    num_classes = pred.shape[1]
+    out_of_range = ((labels < 0) | (labels > num_classes)).any() \
+        | ~((scores >= 0) & (scores <= 1)).all()
+    poison = None
+    if check_now and pred.device.type == 'cpu':
+        if out_of_range:
+            raise GHMArgumentError(labels_message(num_classes, here=True, quality=True))
+    else:
+        poison = out_of_range
+    soft_target = torch.zeros(pred.shape, dtype=torch.float32, device=pred.device)
+    rows = ((labels >= 0) & (labels < num_classes)).nonzero(as_tuple=True)[0]
+    soft_target[rows, labels[rows]] = scores[rows].float()
+    return soft_target, poison
+
+
+class GHMCInputs(NamedTuple):
+    pred: Tensor                   # (M, C) logits, any floating dtype
+    labels: Optional[Tensor]       # (M,) integer labels in [0, C], or None
+    soft_target: Optional[Tensor]  # (M, C) float32 targets, or None
+    label_weight: Optional[Tensor]  # (M, C), (M,) per row, or None
+    tot: Optional[Tensor]          # 0-dim float32 normalizer where mmdet's differs from the count
+    poison: Optional[Tensor]       # 0-dim bool: out-of-range labels on a device (no host sync)
+    shape: torch.Size              # pred's shape, for reduction 'none'
+
+
+def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GHMCInputs:
+    """GHM-C's inputs as mmdet reads them: ``target`` with fewer dims than pred is integer labels
+    (pred (N, C), labels (N,), C = background); with pred's dims it is a target of pred's shape
+    (float, or integer / bool one-hot, taken as float as mmdet does); a ``(labels, scores)`` pair
+    is a Quality Focal Loss target (see :func:`_quality_target`). ``label_weight``: None,
+    pred's shape, (N,) or (N, 1) per anchor with labels; with targets, (N,) per row or any shape
+    that broadcasts to pred's (mmdet's normalizer: the valid elements of the weight as given).
+
+    Labels outside [0, C] raise here when ``check_labels_now`` and pred is on the CPU; otherwise
+    they come back as ``poison`` (a device tensor: no host sync, and no rank raising alone while
+    the others wait in the all-reduce of ``sync_across_ranks``)."""
+    pred = _check_pred(pred, 'logits')
+    poison = None
+    if isinstance(target, tuple):
+        target, poison = _quality_target(pred, target, check_labels_now)
+    target = _check_tensor('target', target, pred)
+    if label_weight is not None:
+        label_weight = _check_tensor('label_weight', label_weight, pred)
+    shape = pred.shape
+    num_classes = shape[-1] if pred.dim() else 1
+    rows = _rows(shape)
+    labels = soft_target = tot = None
+    if target.dim() != pred.dim():
+        if torch.is_floating_point(target) or target.dtype == torch.bool:
+            raise GHMArgumentError(
+                f'target must be integer labels (N,) for pred (N, C) or a target of pred\'s shape '
+                f'{tuple(shape)}, got {_describe(target)}')
+        if pred.dim() != 2 or target.shape != shape[:1]:
+            raise GHMArgumentError(
+                f'target: integer labels need pred of shape (N, C) and labels of shape (N,), got '
+                f'pred {tuple(shape)} and labels {tuple(target.shape)}')
+        labels = target
+        out_of_range = ((labels < 0) | (labels > num_classes)).any()
+        if check_labels_now and pred.device.type == 'cpu':
+            if out_of_range:
+                raise GHMArgumentError(labels_message(num_classes, here=True))
+        else:
+            poison = out_of_range  # the loss becomes NaN, the state is kept
+        if label_weight is not None and label_weight.shape != shape:
+            if label_weight.shape not in ((rows,), (rows, 1)):
+                raise GHMArgumentError(
+                    f'label_weight must have shape {tuple(shape)}, ({rows},) or ({rows}, 1) '
+                    f'(or be None), got {tuple(label_weight.shape)}')
+            label_weight = label_weight.reshape(rows)
+    else:
+        if target.shape != shape:
+            raise GHMArgumentError(f'target must have the shape of pred {tuple(shape)} (or be '
+                                   f'integer labels (N,)), got {tuple(target.shape)}')
+        # float32 whatever the dtype, as mmdet's target.float()
+        soft_target = target.reshape(rows, num_classes).float()
+        if label_weight is not None and label_weight.shape != shape:
+            row_shape = shape[:-1]
+            if label_weight.shape == row_shape and not _broadcasts_to(label_weight.shape, shape):
+                label_weight = label_weight.reshape(rows)
+            elif _broadcasts_to(label_weight.shape, shape):
+                tot = (label_weight > 0).sum().to(torch.float32)
+                label_weight = label_weight.expand(shape)
+            else:
+                raise GHMArgumentError(
+                    f'label_weight must have pred\'s shape {tuple(shape)}, its rows\' '
+                    f'{tuple(row_shape)} or broadcast to it (or be None), '
+                    f'got {tuple(label_weight.shape)}')
+    if label_weight is not None and label_weight.dim() != 1:
+        label_weight = label_weight.reshape(rows, num_classes)
+    return GHMCInputs(pred.reshape(rows, num_classes), labels, soft_target, label_weight, tot,
+                      poison, shape)
+
+
+class GHMRInputs(NamedTuple):
+    pred: Tensor                   # box regressions, any floating dtype
+    target: Tensor                 # pred's shape
+    label_weight: Optional[Tensor]  # pred's shape or None
+
+
+def ghmr_inputs(pred, target, label_weight) -> GHMRInputs:
+    """GHM-R's inputs: ``target`` of pred's shape, ``label_weight`` None, pred's shape or any
+    shape that broadcasts to it (mmdet's normalizer: the sum of the weight as given)."""
+    pred = _check_pred(pred, 'box regressions')
+    target = _check_tensor('target', target, pred)
+    if not torch.is_floating_point(target):
+        raise GHMArgumentError(f'target must be a floating-point tensor of regression targets, '
+                               f'got {target.dtype}')
+    if target.shape != pred.shape:
+        raise GHMArgumentError(f'target must have the shape of pred {tuple(pred.shape)}, '
+                               f'got {tuple(target.shape)}')
+    if label_weight is not None:
+        label_weight = _check_tensor('label_weight', label_weight, pred)
+        if label_weight.shape != pred.shape:
+            if not _broadcasts_to(label_weight.shape, pred.shape):
+                raise GHMArgumentError(
+                    f'label_weight must have pred\'s shape {tuple(pred.shape)} or broadcast to '
+                    f'it (or be None), got {tuple(label_weight.shape)}')
+            # Broadcasting repeats every weight `copies` times; GHM-R uses the values only
+            # through their sum (tot), which mmdet takes over the weight as given.
+            copies = pred.numel() // max(label_weight.numel(), 1)
+            label_weight = (label_weight.float() / max(copies, 1)).expand(pred.shape)
+    return GHMRInputs(pred, target, label_weight)
