@@ -124,14 +124,18 @@ def _quality_target(pred: Tensor, target: tuple, check_now: bool):
             f'scores (N,), got pred {tuple(pred.shape)}, labels {_describe(labels)}, scores '
             f'{_describe(scores)}')
     num_classes = pred.shape[1]
-    out_of_range = ((labels < 0) | (labels > num_classes)).any() \
-        | ~((scores >= 0) & (scores <= 1)).all()
+    bad_labels = ((labels < 0) | (labels > num_classes)).any()
+    bad_scores = ~((scores >= 0) & (scores <= 1)).all()  # NaN too
     poison = None
     if check_now and pred.device.type == 'cpu':
-        if out_of_range:
-            raise GHMArgumentError(labels_message(num_classes, here=True, quality=True))
+        if bad_labels:
+            raise GHMArgumentError(labels_message(num_classes, here=True))
+        if bad_scores:
+            raise GHMArgumentError(
+                'target: quality scores must be probabilities in [0, 1] to be BCE targets for '
+                f'GHM-C, got values in [{float(scores.min())}, {float(scores.max())}]')
     else:
-        poison = out_of_range
+        poison = bad_labels | bad_scores
     soft_target = torch.zeros(pred.shape, dtype=torch.float32, device=pred.device)
     rows = ((labels >= 0) & (labels < num_classes)).nonzero(as_tuple=True)[0]
     soft_target[rows, labels[rows]] = scores[rows].float()

@@ -419,14 +419,16 @@ def test_quality_scores_must_be_probabilities():
 
 
 def test_weight_keyword_and_mmdet_weight_shapes():
+    from mmdet.models.losses.ghm_loss import GHMC as MMDetGHMC  # mmdet's own class
     from mmdet_ghm import GHMC
     pred, target = torch.randn(2, 30, 5), (torch.rand(2, 30, 5) > 0.8).float()
-    rows = (torch.rand(2, 30) > 0.5).float()
-    expect = GHMC(10)(pred, target, rows)
-    assert torch.equal(GHMC(10)(pred, target, weight=rows[..., None]), expect)  # YOLOv3
-    flat = (torch.rand(30 * 5) > 0.3).float()  # FSAF: per-class weights flattened to N*C
-    labels = torch.randint(0, 6, (30,))
-    assert torch.equal(GHMC(10)(pred[0], labels, flat),
-                       GHMC(10)(pred[0], labels, flat.view(30, 5)))
+    rows = (torch.rand(2, 30, 1) > 0.5).float()  # YOLOv3's (B, M, 1) masks, passed as weight=
+    ours = GHMC(10)(pred, target, weight=rows)
+    assert torch.equal(ours, GHMC(10)(pred, target, rows))
+    # mmdet broadcasts the mask over the classes and normalizes by the mask's own count
+    torch.testing.assert_close(ours, MMDetGHMC(bins=10)(pred, target, rows), rtol=1e-6, atol=0)
+    flat = (torch.rand(30 * 5) > 0.3).float()  # FSAF's per-class weights flattened to N*C
+    with pytest.raises(ValueError, match='^label_weight'):
+        GHMC(10)(pred[0], torch.randint(0, 6, (30,)), flat)
     with pytest.raises(ValueError, match='not both'):
         GHMC(10)(pred, target, rows, weight=rows)
