@@ -136,10 +136,12 @@ def _quality_target(pred: Tensor, target: tuple, check_now: bool):
                 f'GHM-C, got values in [{float(scores.min())}, {float(scores.max())}]')
     else:
         poison = bad_labels | bad_scores
-    soft_target = torch.zeros(pred.shape, dtype=torch.float32, device=pred.device)
-    rows = ((labels >= 0) & (labels < num_classes)).nonzero(as_tuple=True)[0]
-    soft_target[rows, labels[rows]] = scores[rows].float()
-    return soft_target, poison
+    # a scatter into a background column, not an index of the labelled rows (a host sync on CUDA)
+    inside = (labels >= 0) & (labels < num_classes)
+    soft_target = torch.zeros(pred.shape[0], num_classes + 1, dtype=torch.float32,
+                              device=pred.device).scatter_(
+        1, torch.where(inside, labels, num_classes)[:, None], scores[:, None].float())
+    return soft_target[:, :num_classes], poison
 
 
 class GHMCInputs(NamedTuple):

@@ -27,7 +27,19 @@ Constructors (the Function calls them; the arguments are already validated and d
 import abc
 from typing import Optional, Tuple
 
+import torch
 from torch import Tensor
+
+
+def compute_dtype(pred: Tensor) -> torch.dtype:
+    """The arithmetic's dtype: float64 stays float64 (mmdet's numbers for a model.double()),
+    anything else float32."""
+    return torch.float64 if pred.dtype == torch.float64 else torch.float32
+
+
+def mu_squared(mu: float, dtype: torch.dtype) -> float:
+    """mmdet adds the Python double ``mu * mu`` to the tensor: it is rounded to its dtype first."""
+    return float(torch.tensor(mu * mu, dtype=dtype))
 
 
 class GHMBackend(abc.ABC):

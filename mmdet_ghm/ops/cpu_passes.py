@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backend import GHMBackend
+from .backend import GHMBackend, compute_dtype, mu_squared
 
 CHUNK = 1 << 18
 # Below at::internal::GRAIN_SIZE (32768): one thread evaluates a piece, in one vectorized loop.
@@ -132,10 +132,6 @@ def _gather_slots(slot_table: Tensor, pair_table: Optional[Tensor], slots: Tenso
     return pairs.view(torch.float32).view(slots.shape)
 
 
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 class _Scratch:
     """Chunk-sized buffers reused from chunk to chunk (no allocation, no page faults)."""
 
@@ -163,7 +159,7 @@ class ClassificationCPU(GHMBackend):
                  weight: Optional[Tensor], binning):
         self.M, self.C = pred.shape
         self.numel = pred.numel()
-        self.dtype = _compute_dtype(pred)
+        self.dtype = compute_dtype(pred)
         self.pred_dtype = pred.dtype
         self.x = pred.detach().contiguous().view(-1)
         self.target = None if target is None else target.detach().contiguous().view(-1)
@@ -322,14 +318,13 @@ class RegressionCPU(GHMBackend):
     def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], binning,
                  mu: float):
         self.shape, self.pred_dtype = pred.shape, pred.dtype
-        self.dtype = _compute_dtype(pred)
+        self.dtype = compute_dtype(pred)
         self.pred = pred.detach().contiguous().view(-1)
         self.target = target.detach().contiguous().view(-1)
         self.valid = None if weight is None else (
             weight.detach() > 0).reshape(-1).to(binning.slot_dtype)
         self.binning, self.mu = binning, float(mu)
-        # mmdet adds the Python double mu * mu to the tensor: it is rounded to its dtype first.
-        self.mu_sq = float(torch.tensor(self.mu * self.mu, dtype=self.dtype))
+        self.mu_sq = mu_squared(self.mu, self.dtype)
         self.slots: Optional[Tensor] = None
         self.invalid_not_finite = False
 

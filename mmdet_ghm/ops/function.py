@@ -14,10 +14,10 @@ from torch import Tensor
 
 from ..binning import Binning
 from ..density import GradientDensity
+from .backend import compute_dtype, mu_squared
 
 # mmdet's weight_reduce_loss divides by (avg_factor + float32 eps) in double precision.
 EPS32 = torch.finfo(torch.float32).eps
-REDUCTIONS = ('none', 'mean', 'sum')
 BACKENDS = (None, 'cpu', 'triton')
 
 
@@ -29,11 +29,6 @@ def _use_triton(device: torch.device, backend: Optional[str]) -> bool:
     if backend == 'cpu' and device.type != 'cpu':
         raise ValueError(f"backend='cpu' needs CPU tensors, got {device}")
     return backend == 'triton'
-
-
-def _compute_dtype(pred: Tensor) -> torch.dtype:
-    """float64 stays float64 (mmdet's numbers for a model.double()); anything else float32."""
-    return torch.float64 if pred.dtype == torch.float64 else torch.float32
 
 
 class _Call:
@@ -75,7 +70,7 @@ class GHMFunction(torch.autograd.Function):
         if call.reduction == 'none':
             loss = backend.elementwise_loss(slot_weight, call.loss_weight)
         else:
-            dtype = _compute_dtype(pred)
+            dtype = compute_dtype(pred)
             loss = (loss_sums[1:-1] * slot_weight[1:-1].double()).sum().to(dtype)
             if call.reduction == 'mean':
                 # Synced over ranks, divide by the mean tot (mmdet's reduce_mean(avg_factor)):
@@ -99,7 +94,7 @@ class GHMFunction(torch.autograd.Function):
             slot_scale, elementwise_grad_out = call.slot_weight, grad_out
         else:
             # autograd's order in mmdet: ((grad_out * loss_weight) / divisor) * weight
-            scale = grad_out.to(_compute_dtype(pred)) * call.loss_weight
+            scale = grad_out.to(compute_dtype(pred)) * call.loss_weight
             if call.divisor is not None:
                 scale = scale / call.divisor
             slot_scale, elementwise_grad_out = scale * call.slot_weight, None
@@ -120,7 +115,7 @@ def _factor(slots: Tensor, slot_scale: Tensor, grad_out: Optional[Tensor],
 def _ghmc_torch_grad(labels, target, weight):
     """GHM-C's gradient in differentiable PyTorch ops (double backward)."""
     def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight):
-        x = pred.to(_compute_dtype(pred))
+        x = pred.to(compute_dtype(pred))
         if labels is not None:  # one-hot without F.one_hot's range check (a host sync on CUDA)
             M, C = x.shape
             inside = (labels >= 0) & (labels < C)
@@ -141,9 +136,9 @@ def _ghmc_torch_grad(labels, target, weight):
 def _ghmr_torch_grad(target, weight, mu):
     """GHM-R's gradient in differentiable PyTorch ops (double backward)."""
     def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight):
-        dtype = _compute_dtype(pred)
+        dtype = compute_dtype(pred)
         d = pred.to(dtype) - target.to(dtype)
-        root = torch.sqrt(d * d + _mu_sq(mu, dtype))
+        root = torch.sqrt(d * d + mu_squared(mu, dtype))
         slots = binning.slots((d / root).abs().detach())
         if weight is not None:
             slots = slots.long() * (weight > 0)
@@ -151,11 +146,6 @@ def _ghmr_torch_grad(target, weight, mu):
         half = (factor / (2 * root)) * d
         return (half + half).to(pred.dtype)
     return grad
-
-
-def _mu_sq(mu: float, dtype: torch.dtype) -> float:
-    """mmdet adds the Python double mu * mu to the tensor: rounded to its dtype first."""
-    return float(torch.tensor(mu * mu, dtype=dtype))
 
 
 def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
@@ -234,7 +224,7 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
         if bool((torch.isfinite(pred) & torch.isfinite(target))[valid].all()):
             big = float((pred.double() - target.double())[valid].abs().max())
             return (f'pred - target reaches {big:.3g} on a valid element: its square overflows '
-                    f'{_compute_dtype(pred)}, so the ASL1 loss is inf (mmdet returns inf); '
+                    f'{compute_dtype(pred)}, so the ASL1 loss is inf (mmdet returns inf); '
                     'the EMA state is left untouched: check the box targets and the model')
         return ('pred or target (box regressions) contain NaN or inf on a valid element: the '
                 'GHM-R loss would not be finite; the EMA state is left untouched: check the '
