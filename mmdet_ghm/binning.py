@@ -37,13 +37,6 @@ from torch import Tensor
 MAX_UINT8_BINS = 253
 
 
-def check_bins(bins) -> int:
-    """``bins`` as an int >= 1 (numpy integers accepted); ValueError otherwise."""
-    if isinstance(bins, bool) or not hasattr(bins, '__index__') or int(bins) < 1:
-        raise ValueError(f'bins must be an int >= 1, got {bins!r}')
-    return int(bins)
-
-
 def mmdet_edges(bins: int, last_edge: float) -> Tensor:
     """float32 ``(bins + 1,)`` edges as mmdet builds them: ``arange(bins + 1).float() / bins``
     (each the float nearest ``i / bins``), the last one replaced by ``last_edge``."""

@@ -11,23 +11,14 @@ order) on the device: no ``.item()``, no host sync, no Python loop over bins. Wh
 falls in is :mod:`mmdet_ghm.binning`'s; the per-element passes (:mod:`mmdet_ghm.ops`) hand over slot
 counts and take slot weights, in the slot layout of :mod:`mmdet_ghm.ops.backend`.
 """
-import numbers
 from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .binning import Binning, check_bins, is_unit_edges, mmdet_edges
-
-
-def check_bins_momentum(bins, momentum) -> None:
-    """Raise ValueError unless ``bins`` is an int >= 1 and ``momentum`` a real in [0, 1)
-    (numpy scalars accepted, as mmdet takes them)."""
-    check_bins(bins)
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) \
-            or not 0.0 <= float(momentum) < 1.0:
-        raise ValueError(f'momentum must be a float in [0, 1), got {momentum!r}')
+from .binning import Binning, is_unit_edges, mmdet_edges
+from .inputs import check_bins, check_momentum
 
 
 class GradientDensity(nn.Module):
@@ -54,7 +45,8 @@ class GradientDensity(nn.Module):
     def __init__(self, bins: int = 10, momentum: float = 0.0, last_edge: float = 1.0 + 1e-6,
                  bias_correction: bool = False, sync_across_ranks: bool = False):
         super().__init__()
-        check_bins_momentum(bins, momentum)
+        check_bins(bins)
+        check_momentum(momentum)
         self.bins = int(bins)
         self.momentum = float(momentum)
         self.bias_correction = bool(bias_correction)

@@ -136,6 +136,17 @@ def _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
 
 
 @triton.jit
+def _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base, lane, mask,
+              C: tl.constexpr, BINS: tl.constexpr, LABELS: tl.constexpr, WEIGHT: tl.constexpr,
+              CDT: tl.constexpr, EXACT: tl.constexpr):
+    """Logit, target, sigmoid and slot (0 where invalid) of the elements ``base + lane``."""
+    x, t, valid = _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
+                              C, LABELS, WEIGHT, CDT)
+    s = _sigmoid(x, EXACT, CDT == tl.float64)
+    return x, t, s, tl.where(valid, _slot_of(tl.abs(s - t), edges_ptr, BINS), 0)
+
+
+@triton.jit
 def _store_partials(slot, loss, mask, counts_part_ptr, sums_part_ptr, pid, num_programs,
                     BINS: tl.constexpr, SLOTS_P2: tl.constexpr):
     """This program's column of the partial tables: slot counts (every slot) and loss sums
@@ -181,10 +192,8 @@ def ghmc_histogram_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr
                           EXACT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     base, lane, mask = _block(pid, numel, BLOCK)
-    x, t, valid = _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
-                              C, LABELS, WEIGHT, CDT)
-    s = _sigmoid(x, EXACT, CDT == tl.float64)
-    slot = tl.where(valid, _slot_of(tl.abs(s - t), edges_ptr, BINS), 0)
+    x, t, s, slot = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
+                              lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
     _store_partials(slot, _bce_with_logits(x, t), mask, counts_part_ptr, sums_part_ptr, pid,
                     num_programs, BINS, SLOTS_P2)
 
@@ -197,10 +206,8 @@ def ghmc_elementwise_loss_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, ed
                                  BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     base, lane, mask = _block(pid, numel, BLOCK)
-    x, t, valid = _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
-                              C, LABELS, WEIGHT, CDT)
-    s = _sigmoid(x, EXACT, CDT == tl.float64)
-    slot = tl.where(valid, _slot_of(tl.abs(s - t), edges_ptr, BINS), 0)
+    x, t, s, slot = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
+                              lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
     w = tl.load(slot_weight_ptr + slot).to(CDT)
     # mmdet's order: (loss * weight) * loss_weight; invalid elements exactly 0
     loss = (_bce_with_logits(x, t) * w) * tl.cast(loss_weight, CDT)
@@ -215,10 +222,8 @@ def ghmc_grad_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, slo
                      ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     base, lane, mask = _block(pid, numel, BLOCK)
-    x, t, valid = _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
-                              C, LABELS, WEIGHT, CDT)
-    s = _sigmoid(x, EXACT, CDT == tl.float64)
-    slot = tl.where(valid, _slot_of(tl.abs(s - t), edges_ptr, BINS), 0)
+    x, t, s, slot = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
+                              lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
     factor = tl.load(slot_scale_ptr + slot).to(CDT)
     if ELEMENTWISE:
         # autograd's order in mmdet: (grad_out * loss_weight) * weight
