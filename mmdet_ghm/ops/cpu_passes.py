@@ -9,11 +9,11 @@ Kept between forward and backward: one uint8 slot per element (a quarter of the 
 Recomputing it would mean a second sigmoid and binning in the backward, about as much work again
 as the gradient itself; the byte makes the backward one sigmoid, one gather and one multiply.
 
-The transcendental ops (sigmoid, log1p) are evaluated in pieces of 2**15 elements, each below
-PyTorch's parallel grain size (one thread) and a multiple of 64 long (the last one padded), so
-every element goes through the vectorized loop: their bits, hence the bins, the state and the
-gradient, do not depend on the thread count or the memory layout (see :mod:`mmdet_ghm.binning`).
-Chunks and pieces are combined in order: bitwise reproducible.
+The transcendental ops (sigmoid, log1p, sqrt) go through PyTorch's vectorized loop for every
+element: each call is cut to a length that PyTorch's intra-op threads split into pieces a multiple
+of 64 long, and the few elements left over are computed padded, on one thread. Their bits, hence
+the bins, the state and the gradient, then do not depend on the thread count or the memory layout
+(see :mod:`mmdet_ghm.binning`). Chunks are combined in order: bitwise reproducible.
 """
 import functools
 import sys
@@ -26,25 +26,37 @@ from torch import Tensor
 from .backend import GHMBackend, compute_dtype, mu_squared
 
 CHUNK = 1 << 18
-# Below at::internal::GRAIN_SIZE (32768): one thread evaluates a piece, in one vectorized loop.
-PIECE = 1 << 15
+# at::internal::GRAIN_SIZE: an element-wise op on fewer elements runs on one thread
+GRAIN_SIZE = 1 << 15
 # The vectorized loop takes 2 vectors a step (at most 2 x 16 float32 lanes); shorter tails
 # are computed by the scalar loop, whose last bit differs: pad to a multiple of this.
 VECTOR_STEP = 64
+
+
+def _aligned_length(n: int, threads: int) -> int:
+    """The longest m <= n whose split over PyTorch's intra-op threads gives every thread a
+    multiple of VECTOR_STEP elements. ATen (OpenMP and native backends alike) runs an
+    element-wise op on min(threads, ceil(m / GRAIN_SIZE)) threads, ceil(m / tasks) elements each
+    (one thread when m <= GRAIN_SIZE): with m a multiple of VECTOR_STEP * tasks, every piece is."""
+    m = n - n % VECTOR_STEP
+    while True:
+        tasks = 1 if threads == 1 or m <= GRAIN_SIZE else min(threads, -(-m // GRAIN_SIZE))
+        aligned = m - m % (VECTOR_STEP * tasks)
+        if aligned == m:
+            return m
+        m = aligned
 
 
 def _exact(fn, x: Tensor, out: Tensor) -> Tensor:
     """``fn(x)`` into ``out`` (flat, contiguous), with the same bits for every element whatever
     the thread count and layout (see the module docstring)."""
     n = x.numel()
-    full = n - n % VECTOR_STEP
-    # one thread: one call is one vectorized loop already
-    step = max(full, 1) if torch.get_num_threads() == 1 else PIECE
-    for start in range(0, full, step):
-        stop = min(start + step, full)
-        fn(x[start:stop], out=out[start:stop])
-    if full < n:
-        out[full:] = fn(F.pad(x[full:], (0, VECTOR_STEP - (n - full))))[:n - full]
+    full = _aligned_length(n, torch.get_num_threads())
+    if full:
+        fn(x[:full], out=out[:full])
+    if full < n:  # fewer than VECTOR_STEP * threads elements: padded, one vectorized loop
+        pad = -(n - full) % VECTOR_STEP
+        out[full:] = fn(F.pad(x[full:], (0, pad)))[:n - full]
     return out
 
 
