@@ -514,9 +514,9 @@ def step_syncs(R, G, torch, dev):
     for name, (fn, p0) in paths.items():
         R.guard('syncs', name, one, name, fn, p0)
 
-    def launches():
+    def launches(name):
         from torch.profiler import ProfilerActivity, profile
-        fn, p0 = paths['ghmc_labels_rowweight_mean']
+        fn, p0 = paths[name]
         run_fb(torch, fn, p0)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -524,10 +524,13 @@ def step_syncs(R, G, torch, dev):
             torch.cuda.synchronize()
         kernels = [e.name for e in prof.events() if e.device_type.name == 'CUDA']
         triton_k = [k for k in kernels if 'kernel' in k and ('ghm' in k or 'slot' in k)]
-        R.add('syncs', 'launches_ghmc_mean', 'INFO',
-              f'{len(kernels)} GPU kernels/copies per GHM-C fwd+bwd ({len(triton_k)} Triton: '
-              f'{sorted(set(triton_k))})')
-    R.guard('syncs', 'launches_ghmc_mean', launches)
+        R.add('syncs', f'launches_{name}', 'INFO',
+              f'{len(kernels)} GPU kernels/copies per fwd+bwd ({len(triton_k)} Triton: '
+              f'{sorted(set(triton_k))}; the others: {sorted(set(kernels) - set(triton_k))})')
+    for name in ('ghmc_labels_rowweight_mean', 'GHMC_module_labels_rowweight_mean',
+                 'ghmr_weight_mean'):
+        if name in paths:
+            R.guard('syncs', f'launches_{name}', launches, name)
 
 
 def step_bigoffs(R, G, torch, dev):
@@ -615,30 +618,42 @@ def focal(torch, F, p, labels, lw, avg):
 
 
 def _kernel_timing(R, G, torch, dev, size, x, labels, lw, reps):
-    """Each GHM-C pass alone, a block-size sweep, and how many slots a block holds (the forward's
-    per-slot sums cost one masked sum per slot present in a block)."""
+    """Each GHM-C pass alone over a block-size sweep, and how many slots a block holds."""
     n, c = x.shape
-    binning = G.density.GradientDensity(30, 0.75).to(dev).binning
-    scale = torch.rand(32, device=dev)
+    density = G.density.GradientDensity(30, 0.75).to(dev)
+    weight = torch.rand(32, device=dev)
+    go, divisor = torch.tensor(1.0, device=dev), torch.tensor(float(n), device=dev)
     nbytes = n * c * x.element_size() + n * 12
-    lines, saved = [], (G.tp.CLS_BLOCK, G.tp.CLS_WARPS)
+    lines = []
+    saved = (G.tp.HIST_BLOCK, G.tp.HIST_WARPS, G.tp.CLS_BLOCK, G.tp.CLS_WARPS)
     try:
-        configs = ((2048, 8),) if R.dry_run else ((1024, 4), (2048, 8), (4096, 8), (4096, 16))
-        for block, warps in configs:
+        hist_configs = ((256, 1),) if R.dry_run else ((256, 1), (512, 2), (2048, 8))
+        for block, warps in hist_configs:
+            G.tp.HIST_BLOCK, G.tp.HIST_WARPS = block, warps
+            backend = G.tp.ClassificationTriton(x, labels, None, lw, density.binning)
+            ms = cuda_time(torch, backend.histogram, reps)
+            lines.append(f'histogram+reduce block {block}/{warps} warps: {ms * 1e3:.0f} us '
+                         f'({nbytes / (ms * 1e-3) / 1e12:.2f} TB/s)')
+        grad_configs = ((2048, 8),) if R.dry_run else ((1024, 4), (2048, 8), (4096, 8))
+        for block, warps in grad_configs:
             G.tp.CLS_BLOCK, G.tp.CLS_WARPS = block, warps
-            backend = G.tp.ClassificationTriton(x, labels, None, lw, binning)
-            hist = cuda_time(torch, backend.histogram, reps)
-            grad = cuda_time(torch, lambda: backend.grad(scale), reps)
-            lines.append(f'block {block}/{warps} warps: histogram+reduce {hist * 1e3:.0f} us '
-                         f'({nbytes / (hist * 1e-3) / 1e12:.2f} TB/s), grad {grad * 1e3:.0f} us '
-                         f'({(nbytes + n * c * x.element_size()) / (grad * 1e-3) / 1e12:.2f} TB/s)')
+            backend = G.tp.ClassificationTriton(x, labels, None, lw, density.binning)
+            ms = cuda_time(torch, lambda: backend.grad(weight, go, divisor, 1.0, False), reps)
+            lines.append(f'grad block {block}/{warps} warps: {ms * 1e3:.0f} us '
+                         f'({(nbytes + n * c * x.element_size()) / (ms * 1e-3) / 1e12:.2f} TB/s)')
     finally:
-        G.tp.CLS_BLOCK, G.tp.CLS_WARPS = saved
+        (G.tp.HIST_BLOCK, G.tp.HIST_WARPS, G.tp.CLS_BLOCK, G.tp.CLS_WARPS) = saved
+    backend = G.tp.ClassificationTriton(x, labels, None, lw, density.binning)
+    counts, sums = backend.histogram()
+    call = types.SimpleNamespace(density=density, reduction='mean', tot=None, poison=None,
+                                 loss_weight=1.0, can_raise=False)
+    ms = cuda_time(torch, lambda: backend.weigh(counts, sums, call), reps)
+    lines.append(f'weighing (one kernel): {ms * 1e3:.0f} us')
     import torch.nn.functional as F
     t = F.one_hot(labels, c + 1)[:, :c].float()
-    slots = ref_slots(torch, (torch.sigmoid(x.float()) - t).abs(), binning.edges,
+    slots = ref_slots(torch, (torch.sigmoid(x.float()) - t).abs(), density.edges,
                       (lw > 0)[:, None]).view(-1)
-    block = G.tp.CLS_BLOCK
+    block = min(G.tp.HIST_BLOCK, slots.numel())
     rows = slots[:slots.numel() // block * block].view(-1, block).sort(dim=1).values
     present = ((rows[:, 1:] != rows[:, :-1]).sum(1) + 1).float()
     lines.append(f'slots present per {block}-element block: mean {present.mean().item():.1f}, '
@@ -664,6 +679,9 @@ def step_timing(R, G, torch, dev):
                     lambda p: fused_focal(p, labels, lw, float(max(1, n // 100)))),
                    ('BCE-with-logits (eager)', lambda p: F.binary_cross_entropy_with_logits(
                        p, onehot, lw[:, None].expand(n, c)))]
+        if G.losses is not None:  # what a config gets: the module, with its input checks
+            module = G.losses.GHMC(bins=30, momentum=0.75).to(dev)
+            methods.append(('GHM-C mmdet_ghm GHMC module', lambda p: module(p, labels, lw)))
         if G.mmdet_ghm_loss is not None:
             mm = G.mmdet_ghm_loss.GHMC(bins=30, momentum=0.75).to(dev)
             methods.append(("GHM-C mmdet 3.3.0", lambda p: mm(p, labels, lw)))
@@ -701,6 +719,37 @@ def step_timing(R, G, torch, dev):
             pct = 100 * nbytes / (ours * 1e-3) / peak
             R.add('timing', f'{size} target_bandwidth', 'PASS' if pct >= 50 else 'WARN',
                   f'{pct:.0f}% of the nominal peak bandwidth (target >= 50%)')
+    R.guard('timing', 'ghmr', _ghmr_timing, R, G, torch, dev, reps, min_left=20)
+
+
+def _ghmr_timing(R, G, torch, dev, reps):
+    """GHM-R fwd+bwd (box deltas, N x 4, 75% valid) against smooth L1 and mmdet's GHMR."""
+    import torch.nn.functional as F
+    n = 64 if R.dry_run else 200000
+    gen = torch.Generator().manual_seed(5)
+    pred, target = (torch.randn(n, 4, generator=gen) * 0.05).to(dev), \
+        (torch.randn(n, 4, generator=gen) * 0.05).to(dev)
+    w = (torch.rand(n, 4, generator=gen) > 0.25).float().to(dev)
+    density = G.density.GradientDensity(10, 0.7, 1e3).to(dev)
+    methods = [('GHM-R mmdet_ghm (Triton)', lambda p: G.function.ghmr_loss(
+                   p, target, w, density, 0.02, backend='triton')),
+               ('smooth L1 (eager)', lambda p: (F.smooth_l1_loss(
+                   p, target, reduction='none', beta=1 / 9) * w).sum() / w.sum())]
+    if G.mmdet_ghm_loss is not None:
+        mm = G.mmdet_ghm_loss.GHMR(mu=0.02, bins=10, momentum=0.7).to(dev)
+        methods.append(('GHM-R mmdet 3.3.0', lambda p: mm(p, target, w)))
+    results = {}
+    for name, fn in methods:
+        def fb(fn=fn):
+            p = pred.detach().requires_grad_()
+            fn(p).backward()
+        results[name] = cuda_time(torch, fb, reps=reps)
+    base = results['smooth L1 (eager)']
+    size = f'{n // 1000}k x 4' if n >= 1000 else f'{n} x 4'
+    for name, ms in results.items():
+        R.timing.append(dict(size=size, method=name, ms=ms, vs_focal=f'{ms / base:.2f}x SL1',
+                             tbs='', pct_peak=''))
+    R.write()
 
 
 def main(argv=None):

@@ -85,14 +85,19 @@ class GradientDensity(nn.Module):
             text += ', sync_across_ranks=True'
         return text
 
+    def synchronizes(self) -> bool:
+        """Whether :meth:`synchronize` all-reduces (``sync_across_ranks`` in a process group of
+        several ranks)."""
+        return (self.sync_across_ranks and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1)
+
     def synchronize(self, slot_counts: Tensor, tot: Tensor,
                     flags: Tensor) -> Tuple[Tensor, Tensor, Tensor, int]:
         """With ``sync_across_ranks`` in a process group of several ranks: the counts, tot and
         the float64 ``flags`` (e.g. 1 where this rank's call is bad) summed over the ranks in one
         all-reduce (no host sync), and the number of ranks; else the arguments and 1. Every rank
         then sees the same flags and can raise the same error: none is left in a collective."""
-        if not (self.sync_across_ranks and dist.is_available() and dist.is_initialized()) \
-                or dist.get_world_size() == 1:
+        if not self.synchronizes():
             return slot_counts, tot, flags, 1
         # float64 holds the integer counts exactly (below 2 ** 53)
         n = slot_counts.numel()
@@ -111,6 +116,11 @@ class GradientDensity(nn.Module):
         not called); recording stops."""
         recorded, self._recorded = self._recorded, None
         return recorded
+
+    def record(self, slot_counts: Tensor) -> None:
+        """Add a call's slot counts to the recording, if one is running (:meth:`update` does)."""
+        if self._recorded is not None:
+            self._recorded += slot_counts
 
     def _ema_density(self) -> Tensor:
         if not self.bias_correction:
@@ -142,8 +152,7 @@ class GradientDensity(nn.Module):
         Returns:
             float32 ``(bins + 2,)``: ``tot / density / n`` for non-empty bins, 0 elsewhere.
         """
-        if self._recorded is not None:
-            self._recorded += slot_counts
+        self.record(slot_counts)
         counts = slot_counts[1:-1]
         nonempty = counts > 0
         num_nonempty = nonempty.sum().clamp_(min=1).to(torch.float32)

@@ -101,8 +101,9 @@ def test_kernel_offsets_are_int64_by_construction():
 
     from mmdet_ghm.ops import triton_kernels as K
     assert 'pid.to(tl.int64) * BLOCK' in inspect.getsource(K._block.fn)
+    # the per-element kernels (the reduction and the weighing read (bins + 2)-sized tables)
     kernels = [getattr(K, name) for name in dir(K) if name.endswith('_kernel')
-               and name != 'slot_partials_reduce_kernel']
+               and name not in ('slot_partials_reduce_kernel', 'ghm_weigh_kernel')]
     assert len(kernels) >= 6
     for kernel in kernels:
         source = inspect.getsource(kernel.fn)

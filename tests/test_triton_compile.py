@@ -44,29 +44,38 @@ def _compile_all() -> dict:
     common = dict(pred_ptr='*fp16', label_ptr='*i64', target_ptr='*fp32', weight_ptr='*fp32',
                   edges_ptr='*fp32', counts_part_ptr='*i32', sums_part_ptr='*fp32', numel='i64',
                   num_programs='i32', slot_weight_ptr='*fp32', out_ptr='*fp32',
-                  loss_weight='fp64', slot_scale_ptr='*fp32', grad_out_ptr='*fp32',
+                  loss_weight='fp64', grad_out_ptr='*fp32', divisor_ptr='*fp32',
                   grad_ptr='*fp16', mu='fp64', mu_sq='fp64', counts_ptr='*i64',
-                  sums_ptr='*fp64', x_ptr='*fp32', s_ptr='*fp32')
+                  sums_ptr='*fp64', x_ptr='*fp32', s_ptr='*fp32', acc_ptr='*fp32',
+                  updates_ptr='*fp32', tot_ptr='*fp32', poison_ptr='*u8', loss_ptr='*fp32',
+                  skip_ptr='*u8', momentum='fp64', keep='fp64')
     cls = dict(C=80, BINS=30, LABELS=True, WEIGHT=K.WEIGHT_ROW, CDT=tl.float32, EXACT=True,
                BLOCK=P.CLS_BLOCK)
     cls_options = dict(num_warps=P.CLS_WARPS, enable_fp_fusion=P.CLS_FP_FUSION)
     reg = dict(BINS=10, HAS_WEIGHT=True, CDT=tl.float32, BLOCK=P.REG_BLOCK)
     reg_options = dict(num_warps=P.REG_WARPS, enable_fp_fusion=P.REG_FP_FUSION)
+
+    cls_hist = dict(cls, BLOCK=P.HIST_BLOCK, SLOTS_P2=32)
+    hist_options = dict(num_warps=P.HIST_WARPS, enable_fp_fusion=P.CLS_FP_FUSION)
+    weigh = dict(BINS=30, SLOTS_P2=32, TOT_FROM_COUNTS=True, HAS_POISON=True, EMA=True,
+                 REDUCTION=1, CDT=tl.float32)
     return {
-        'ghmc_histogram': ptx(K.ghmc_histogram_kernel, common, dict(cls, SLOTS_P2=32),
-                              **cls_options),
+        'ghmc_histogram': ptx(K.ghmc_histogram_kernel, common, cls_hist, **hist_options),
         'ghmc_histogram_soft': ptx(K.ghmc_histogram_kernel, common,
-                                   dict(cls, C=1, LABELS=False, WEIGHT=K.WEIGHT_ELEMENT,
-                                        SLOTS_P2=32), **cls_options),
+                                   dict(cls_hist, C=1, LABELS=False, WEIGHT=K.WEIGHT_ELEMENT),
+                                   **hist_options),
         'ghmc_grad': ptx(K.ghmc_grad_kernel, common, dict(cls, ELEMENTWISE=True), **cls_options),
         'ghmc_elementwise_loss': ptx(K.ghmc_elementwise_loss_kernel, common, cls, **cls_options),
-        'ghmr_histogram': ptx(K.ghmr_histogram_kernel, common, dict(reg, SLOTS_P2=16),
-                              **reg_options),
+        'ghmr_histogram': ptx(K.ghmr_histogram_kernel, common,
+                              dict(reg, BLOCK=P.HIST_BLOCK, SLOTS_P2=16),
+                              num_warps=P.HIST_WARPS, enable_fp_fusion=P.REG_FP_FUSION),
         'ghmr_grad': ptx(K.ghmr_grad_kernel, common, dict(reg, ELEMENTWISE=True), **reg_options),
         'ghmr_elementwise_loss': ptx(K.ghmr_elementwise_loss_kernel, common, reg, **reg_options),
         'ghmc_histogram_f64': ptx(K.ghmc_histogram_kernel, dict(
-            common, pred_ptr='*fp64', sums_part_ptr='*fp64'), dict(
-                cls, CDT=tl.float64, BLOCK=P.CLS_BLOCK_F64, SLOTS_P2=32), **cls_options),
+            common, pred_ptr='*fp64', sums_part_ptr='*fp64'), dict(cls_hist, CDT=tl.float64),
+            **hist_options),
+        'weigh': ptx(K.ghm_weigh_kernel, common, weigh, num_warps=P.WEIGH_WARPS,
+                     enable_fp_fusion=False),
         'sigmoid': ptx(K.sigmoid_kernel, common, dict(EXACT=True, BLOCK=1024), num_warps=4,
                        enable_fp_fusion=P.CLS_FP_FUSION),
         'reduce': ptx(K.slot_partials_reduce_kernel, common, dict(RBLOCK=P.REDUCE_BLOCK),
@@ -102,6 +111,13 @@ def test_ghmr_kernels_have_no_fma_and_ieee_sqrt_and_division(ptx):
     for name in ('ghmr_histogram', 'ghmr_grad', 'ghmr_elementwise_loss'):
         assert not re.search(r'\bfma\.', ptx[name]), name
         assert re.search(r'sqrt\.rn\.f32', ptx[name]) and re.search(r'div\.rn\.f32', ptx[name])
+
+
+def test_weighing_kernel_rounds_as_pytorchs_ops(ptx):
+    """The EMA ``acc * m + c`` rounds twice (two PyTorch kernels in mmdet): no FMA; the
+    reciprocal and the division by the number of non-empty bins are IEEE."""
+    assert not re.search(r'\bfma\.', ptx['weigh'])
+    assert re.search(r'div\.rn\.f32', ptx['weigh'])
 
 
 def test_no_64bit_division_and_no_atomics(ptx):

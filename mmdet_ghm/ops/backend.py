@@ -9,9 +9,10 @@ below. Every element falls in one *slot* (``bins + 2`` slots)::
     slot bins + 1    outside every bin (g NaN, or g beyond the last edge, e.g. a soft target
                      outside [0, 1]): weight 0, not counted, as in mmdet
 
-Order of calls: :meth:`GHMBackend.histogram` once in the forward; then, for ``reduction='none'``
-only, :meth:`GHMBackend.elementwise_loss`; then :meth:`GHMBackend.grad` once per backward. A
-reduced loss needs no second pass: it is ``dot(slot loss sums, slot weights)``. Between forward
+Order of calls: :meth:`GHMBackend.histogram` once in the forward, then :meth:`GHMBackend.weigh`
+(the density's update and the reduced loss); then, for ``reduction='none'`` only,
+:meth:`GHMBackend.elementwise_loss`; then :meth:`GHMBackend.grad` once per backward. A reduced
+loss needs no second pass: it is ``dot(slot loss sums, slot weights)``. Between forward
 and backward a backend keeps nothing of the input's size but, on CPU, one uint8 slot per element
 (see :mod:`mmdet_ghm.ops.cpu_passes` for why).
 
@@ -25,10 +26,13 @@ Constructors (the Function calls them; the arguments are already validated and d
 ``binning`` is a :class:`mmdet_ghm.binning.Binning` (bins and float32 edges).
 """
 import abc
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+# mmdet's weight_reduce_loss divides by (avg_factor + float32 eps) in double precision.
+EPS32 = torch.finfo(torch.float32).eps
 
 
 def compute_dtype(pred: Tensor) -> torch.dtype:
@@ -42,8 +46,35 @@ def mu_squared(mu: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(mu * mu, dtype=dtype))
 
 
+def slot_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
+                 loss_weight: float, elementwise: bool,
+                 dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
+    """The backward's ``(slot_scale, element-wise grad_out)`` in autograd's order in mmdet: a
+    reduced loss ``(((grad_out * loss_weight) / divisor) * slot_weight, None)``, ``'none'``
+    ``(slot_weight, grad_out)`` (the element's factor is then ``(grad_out * loss_weight) *
+    slot_weight[slot]``)."""
+    if elementwise:
+        return slot_weight, grad_out
+    scale = grad_out.to(dtype) * loss_weight
+    if divisor is not None:
+        scale = scale / divisor
+    return scale * slot_weight, None
+
+
+class Weighing(NamedTuple):
+    """What :meth:`GHMBackend.weigh` hands back to the Function."""
+    slot_weight: Tensor  # float32 (bins + 2,): the weight of each slot (0 for 0 and bins + 1)
+    loss: Optional[Tensor]  # the reduced loss (NaN when skip); None for reduction='none'
+    divisor: Optional[Tensor]  # what a reduced loss was divided by (None: nothing)
+    skip: Tensor  # 0-dim: the call was rejected (bad input); the EMA state is left untouched
+
+
 class GHMBackend(abc.ABC):
-    """Per-element passes of one GHM call (see the module docstring)."""
+    """Per-element passes of one GHM call (see the module docstring). Subclasses set ``numel``
+    (pred's element count) and ``dtype`` (the compute dtype) in their constructor."""
+
+    numel: int
+    dtype: torch.dtype
 
     @abc.abstractmethod
     def histogram(self) -> Tuple[Tensor, Tensor]:
@@ -59,6 +90,44 @@ class GHMBackend(abc.ABC):
                 rejects the call (slot 0, the invalid elements, may hold anything).
         """
 
+    def weigh(self, slot_counts: Tensor, slot_loss_sums: Tensor, call) -> Weighing:
+        """The density's update from this call's histogram and, for a reduced loss, the loss.
+
+        ``call`` (:class:`mmdet_ghm.ops.function._Call`): ``density``, ``reduction``,
+        ``loss_weight``, ``tot`` (0-dim float32 normalizer, or None for the number of valid
+        elements), ``poison`` (0-dim bool or None) and, where the backend may read device values
+        on the host, ``can_raise`` with ``non_finite_message``. The call is rejected (NaN loss,
+        state untouched) when a valid element's loss is not finite or poison is set; a backend
+        that can raise raises ValueError instead for the former.
+
+        This implementation is PyTorch ops on the counts' device, with ``sync_across_ranks``
+        (counts, tot and the flags in one all-reduce) and every density option."""
+        density = call.density
+        non_finite = ~torch.isfinite(slot_loss_sums[1:]).all()
+        poisoned = (torch.zeros((), dtype=torch.bool, device=slot_counts.device)
+                    if call.poison is None else call.poison.reshape(()).to(slot_counts.device))
+        tot = ((self.numel - slot_counts[0]).to(torch.float32) if call.tot is None
+               else call.tot.float())
+        flags = torch.stack([non_finite, poisoned]).double()
+        slot_counts, tot, flags, world_size = density.synchronize(slot_counts, tot, flags)
+        skip = flags.sum() > 0
+        if call.can_raise and bool(flags[0] > 0):  # CPU: a read of a small host tensor
+            raise ValueError(call.non_finite_message(bool(non_finite)))
+        tot = tot.clamp(min=1.0)
+        slot_weight = density.update(slot_counts, tot, skip=skip)
+        if call.reduction == 'none':
+            return Weighing(slot_weight, None, None, skip)
+        loss = (slot_loss_sums[1:-1] * slot_weight[1:-1].double()).sum().to(self.dtype)
+        divisor = None
+        if call.reduction == 'mean':
+            # Synced over ranks, divide by the mean tot (mmdet's reduce_mean(avg_factor)):
+            # DDP's average of the gradients is then the gradient of the union's loss.
+            divisor = (tot.double() / world_size + EPS32).to(self.dtype)
+            loss = loss / divisor
+        loss = loss * call.loss_weight
+        return Weighing(slot_weight, torch.where(skip, torch.full_like(loss, float('nan')), loss),
+                        divisor, skip)
+
     @abc.abstractmethod
     def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
         """float32 ``loss * slot_weight[slot] * loss_weight`` per element, pred's shape
@@ -66,20 +135,18 @@ class GHMBackend(abc.ABC):
         whatever their loss."""
 
     @abc.abstractmethod
-    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor] = None,
-             loss_weight: float = 1.0) -> Tensor:
+    def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
+             loss_weight: float, elementwise: bool) -> Tensor:
         """The backward's one read of the inputs and one write: d(loss)/d(pred) in pred's dtype
         and shape.
 
         Args:
-            slot_scale: float32 ``(bins + 2,)``, the factor of each slot (0 for slots 0 and
-                bins + 1). A reduced loss passes ``(grad_out * loss_weight / divisor) *
-                slot_weight`` and no ``grad_out``.
-            grad_out: for ``reduction='none'``, the incoming gradient of pred's shape; the
-                element's factor is then ``(grad_out * loss_weight) * slot_scale[slot]``
-                (autograd's order in mmdet).
-            loss_weight: see ``grad_out``.
+            slot_weight, divisor: :meth:`weigh`'s.
+            grad_out: the incoming gradient: 0-dim for a reduced loss, pred's shape for
+                ``reduction='none'`` (``elementwise``).
+            loss_weight: the loss module's.
 
-        The gradient is ``dloss/dx * factor``: ``sigmoid(x) - t`` for GHM-C, ``d / sqrt(d^2 +
-        mu^2)`` (in autograd's rounding order) for GHM-R.
+        The gradient is ``dloss/dx * factor`` with the factor of :func:`slot_factors`:
+        ``sigmoid(x) - t`` for GHM-C, ``d / sqrt(d^2 + mu^2)`` (in autograd's rounding order)
+        for GHM-R.
         """

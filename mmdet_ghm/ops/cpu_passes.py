@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backend import GHMBackend, compute_dtype, mu_squared
+from .backend import GHMBackend, compute_dtype, mu_squared, slot_factors
 
 CHUNK = 1 << 18
 # at::internal::GRAIN_SIZE: an element-wise op on fewer elements runs on one thread
@@ -293,13 +293,15 @@ class ClassificationCPU(GHMBackend):
             out.masked_fill_(slot_weight[self.slots.long()] == 0, 0.0)
         return out.view(self.M, self.C)
 
-    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor] = None,
-             loss_weight: float = 1.0) -> Tensor:
+    def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
+             loss_weight: float, elementwise: bool) -> Tensor:
+        slot_scale, go = slot_factors(slot_weight, grad_out, divisor, loss_weight, elementwise,
+                                      self.dtype)
         grad = torch.empty(self.numel, dtype=self.pred_dtype)
         same_dtype = self.pred_dtype == self.dtype
         slot_scale = slot_scale.to(self.dtype)
         pairs = _slot_pair_table(slot_scale)
-        go = None if grad_out is None else grad_out.detach().contiguous().view(-1)
+        go = None if go is None else go.detach().contiguous().view(-1)
         for a, b in self._chunks():
             x = self.x[a:b].to(self.dtype)
             diff = _exact(torch.sigmoid, x, grad[a:b] if same_dtype else torch.empty_like(x))
@@ -332,6 +334,7 @@ class RegressionCPU(GHMBackend):
         self.shape, self.pred_dtype = pred.shape, pred.dtype
         self.dtype = compute_dtype(pred)
         self.pred = pred.detach().contiguous().view(-1)
+        self.numel = self.pred.numel()
         self.target = target.detach().contiguous().view(-1)
         self.valid = None if weight is None else (
             weight.detach() > 0).reshape(-1).to(binning.slot_dtype)
@@ -367,13 +370,15 @@ class RegressionCPU(GHMBackend):
             out.masked_fill_(w == 0, 0.0)
         return out.view(self.shape)
 
-    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor] = None,
-             loss_weight: float = 1.0) -> Tensor:
+    def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
+             loss_weight: float, elementwise: bool) -> Tensor:
+        slot_scale, go = slot_factors(slot_weight, grad_out, divisor, loss_weight, elementwise,
+                                      self.dtype)
         d, root = self._diff_root()
         slot_scale = slot_scale.to(self.dtype)
         scale = _gather_slots(slot_scale, _slot_pair_table(slot_scale), self.slots)
-        if grad_out is not None:
-            scale = (grad_out.detach().reshape(-1).to(self.dtype) * loss_weight) * scale
+        if go is not None:
+            scale = (go.detach().reshape(-1).to(self.dtype) * loss_weight) * scale
         # autograd's order through sqrt(d * d + mu^2): (scale / (2 r)) * d, twice (from d * d).
         half = (scale / (2 * root)) * d
         grad = (half + half).to(self.pred_dtype)

@@ -1,10 +1,10 @@
 """The GHM autograd Function and the functional GHM-C / GHM-R entry points.
 
 Data path of one call: a backend (:mod:`mmdet_ghm.ops.backend`; CPU or Triton) reads the inputs
-once into slot counts and slot loss sums -> :class:`~mmdet_ghm.density.GradientDensity` turns the
-counts into slot weights (EMA update; all-reduced first under ``sync_across_ranks``) -> the loss is
-the dot product of the loss sums and the weights. The backward asks the backend for the gradient
-(one read, one write). Under ``create_graph=True`` the backward is formed from differentiable
+once into slot counts and slot loss sums, then weighs them: the
+:class:`~mmdet_ghm.density.GradientDensity` turns the counts into slot weights (EMA update;
+all-reduced first under ``sync_across_ranks``) and the loss is the dot product of the loss sums
+and the weights. The backward asks the backend for the gradient (one read, one write). Under ``create_graph=True`` the backward is formed from differentiable
 PyTorch ops instead, so that double backward works.
 """
 from typing import Callable, Optional
@@ -14,10 +14,8 @@ from torch import Tensor
 
 from ..binning import Binning
 from ..density import GradientDensity
-from .backend import compute_dtype, mu_squared
+from .backend import compute_dtype, mu_squared, slot_factors
 
-# mmdet's weight_reduce_loss divides by (avg_factor + float32 eps) in double precision.
-EPS32 = torch.finfo(torch.float32).eps
 BACKENDS = (None, 'cpu', 'triton')
 
 
@@ -51,34 +49,14 @@ class GHMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(pred: Tensor, call: _Call) -> Tensor:
-        density = call.density
-        call.binning = density.binning
+        call.binning = call.density.binning
         call.backend = backend = call.make_backend(pred.detach(), call.binning)
-        counts, loss_sums = backend.histogram()
-        non_finite = ~torch.isfinite(loss_sums[1:]).all()
-        poisoned = (torch.zeros((), dtype=torch.bool, device=pred.device) if call.poison is None
-                    else call.poison.reshape(()).to(pred.device))
-        # GHM-C's tot: the number of valid elements; GHM-R's: the sum of the weights
-        tot = (pred.numel() - counts[0]).to(torch.float32) if call.tot is None else call.tot
-        flags = torch.stack([non_finite, poisoned]).double()
-        counts, tot, flags, world_size = density.synchronize(counts, tot.float(), flags)
-        skip = flags.sum() > 0
-        if call.can_raise and bool(flags[0] > 0):  # CPU: a read of a small host tensor
-            raise ValueError(call.non_finite_message(bool(non_finite)))
-        tot = tot.clamp(min=1.0)
-        call.slot_weight = slot_weight = density.update(counts, tot, skip=skip)
-        if call.reduction == 'none':
-            loss = backend.elementwise_loss(slot_weight, call.loss_weight)
-        else:
-            dtype = compute_dtype(pred)
-            loss = (loss_sums[1:-1] * slot_weight[1:-1].double()).sum().to(dtype)
-            if call.reduction == 'mean':
-                # Synced over ranks, divide by the mean tot (mmdet's reduce_mean(avg_factor)):
-                # DDP's average of the gradients is then the gradient of the union's loss.
-                call.divisor = (tot.double() / world_size + EPS32).to(dtype)
-                loss = loss / call.divisor
-            loss = loss * call.loss_weight
-        return torch.where(skip, torch.full_like(loss, float('nan')), loss)
+        weighing = backend.weigh(*backend.histogram(), call)
+        call.slot_weight, call.divisor = weighing.slot_weight, weighing.divisor
+        if weighing.loss is not None:
+            return weighing.loss
+        loss = backend.elementwise_loss(weighing.slot_weight, call.loss_weight)
+        return torch.where(weighing.skip, torch.full_like(loss, float('nan')), loss)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -90,19 +68,16 @@ class GHMFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         pred, = ctx.saved_tensors
         call = ctx.call
-        if call.reduction == 'none':
-            slot_scale, elementwise_grad_out = call.slot_weight, grad_out
-        else:
-            # autograd's order in mmdet: ((grad_out * loss_weight) / divisor) * weight
-            scale = grad_out.to(compute_dtype(pred)) * call.loss_weight
-            if call.divisor is not None:
-                scale = scale / call.divisor
-            slot_scale, elementwise_grad_out = scale * call.slot_weight, None
+        elementwise = call.reduction == 'none'
         if torch.is_grad_enabled():  # create_graph=True: a gradient autograd can differentiate
+            slot_scale, elementwise_grad_out = slot_factors(
+                call.slot_weight, grad_out, call.divisor, call.loss_weight, elementwise,
+                compute_dtype(pred))
             grad = call.torch_grad(pred, call.binning, slot_scale, elementwise_grad_out,
                                    call.loss_weight)
         else:
-            grad = call.backend.grad(slot_scale, elementwise_grad_out, call.loss_weight)
+            grad = call.backend.grad(call.slot_weight, grad_out, call.divisor, call.loss_weight,
+                                     elementwise)
         return grad.reshape(pred.shape), None
 
 
@@ -210,10 +185,8 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
         from .triton_passes import RegressionTriton as backend_cls
     else:
         from .cpu_passes import RegressionCPU as backend_cls
-    if weight is None:
-        tot = torch.full((), pred.numel(), dtype=torch.float32, device=pred.device)
-    else:
-        tot = weight.sum(dtype=torch.float32)
+    # no weight: tot is the element count, which the backend knows (no host-to-device copy)
+    tot = None if weight is None else weight.sum(dtype=torch.float32)
 
     def message(here: bool) -> str:
         if not here:

@@ -6,7 +6,8 @@ Two passes per loss, like a fused focal loss, and nothing of the input's size ke
    writes its slot counts (``tl.histogram``) and its per-slot sums of the unweighted loss into one
    column of two small ``(bins + 2, programs)`` tables. :func:`slot_partials_reduce_kernel` then
    sums each row in a fixed order (float64 for the loss): counts and loss sums are bitwise
-   reproducible, no atomics at all. The reduced loss is ``dot(loss sums, slot weights)``.
+   reproducible, no atomics at all. :func:`ghm_weigh_kernel` turns them into the EMA state, the
+   slot weights and the reduced loss ``dot(loss sums, slot weights)`` in one program.
 2. grad (backward): one read and one write, ``dloss/dx * factor[slot]``.
 
 ``reduction='none'`` adds :func:`ghmc_elementwise_loss_kernel` (the per-element output needs the
@@ -215,8 +216,33 @@ def ghmc_elementwise_loss_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, ed
 
 
 @triton.jit
-def ghmc_grad_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, slot_scale_ptr,
-                     grad_out_ptr, grad_ptr, loss_weight: tl.float64, numel,
+def _div(a, b, CDT: tl.constexpr):
+    """a / b with IEEE rounding, as PyTorch's CUDA division (Triton's float32 ``/`` is not)."""
+    if CDT == tl.float64:
+        return a / b
+    else:
+        return tl.math.div_rn(a, b)
+
+
+@triton.jit
+def _grad_factor(slot, slot_weight_ptr, grad_out_ptr, divisor_ptr, loss_weight, base, lane,
+                 mask, CDT: tl.constexpr, ELEMENTWISE: tl.constexpr):
+    """Each element's factor in the backward, in autograd's order in mmdet: a reduced loss
+    (0-dim grad_out) ``((grad_out * loss_weight) / divisor) * weight[slot]`` (divisor 1 for
+    'sum'), ``reduction='none'`` ``(grad_out * loss_weight) * weight[slot]`` element-wise."""
+    weight = tl.load(slot_weight_ptr + slot).to(CDT)
+    if ELEMENTWISE:
+        go = tl.load(grad_out_ptr + base + lane, mask=mask, other=0.0).to(CDT)
+        return (go * tl.cast(loss_weight, CDT)) * weight
+    else:
+        scale = _div(tl.load(grad_out_ptr).to(CDT) * tl.cast(loss_weight, CDT),
+                     tl.load(divisor_ptr).to(CDT), CDT)
+        return scale * weight
+
+
+@triton.jit
+def ghmc_grad_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, slot_weight_ptr,
+                     grad_out_ptr, divisor_ptr, grad_ptr, loss_weight: tl.float64, numel,
                      C: tl.constexpr, BINS: tl.constexpr, LABELS: tl.constexpr,
                      WEIGHT: tl.constexpr, CDT: tl.constexpr, EXACT: tl.constexpr,
                      ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
@@ -224,11 +250,8 @@ def ghmc_grad_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, slo
     base, lane, mask = _block(pid, numel, BLOCK)
     x, t, s, slot = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
                               lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
-    factor = tl.load(slot_scale_ptr + slot).to(CDT)
-    if ELEMENTWISE:
-        # autograd's order in mmdet: (grad_out * loss_weight) * weight
-        go = tl.load(grad_out_ptr + base + lane, mask=mask, other=0.0).to(CDT)
-        factor = (go * tl.cast(loss_weight, CDT)) * factor
+    factor = _grad_factor(slot, slot_weight_ptr, grad_out_ptr, divisor_ptr, loss_weight, base,
+                          lane, mask, CDT, ELEMENTWISE)
     grad = tl.where(slot == 0, 0.0, (s - t) * factor)
     tl.store(grad_ptr + base + lane, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
@@ -292,8 +315,9 @@ def ghmr_elementwise_loss_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, sl
 
 
 @triton.jit
-def ghmr_grad_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, slot_scale_ptr, grad_out_ptr,
-                     grad_ptr, mu_sq: tl.float64, loss_weight: tl.float64, numel,
+def ghmr_grad_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, slot_weight_ptr,
+                     grad_out_ptr, divisor_ptr, grad_ptr, mu_sq: tl.float64,
+                     loss_weight: tl.float64, numel,
                      BINS: tl.constexpr, HAS_WEIGHT: tl.constexpr, CDT: tl.constexpr,
                      ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -301,10 +325,8 @@ def ghmr_grad_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, slot_scale_ptr
     d, r, valid = _reg_inputs(pred_ptr, target_ptr, weight_ptr, base, lane, mask,
                               tl.cast(mu_sq, CDT), HAS_WEIGHT, CDT)
     slot = _reg_slot(d, r, valid, edges_ptr, BINS, CDT)
-    factor = tl.load(slot_scale_ptr + slot).to(CDT)
-    if ELEMENTWISE:
-        go = tl.load(grad_out_ptr + base + lane, mask=mask, other=0.0).to(CDT)
-        factor = (go * tl.cast(loss_weight, CDT)) * factor
+    factor = _grad_factor(slot, slot_weight_ptr, grad_out_ptr, divisor_ptr, loss_weight, base,
+                          lane, mask, CDT, ELEMENTWISE)
     # autograd's order through sqrt(d * d + mu^2): (factor / (2 r)) * d, twice (from d * d)
     if CDT == tl.float64:
         half = (factor / (2.0 * r)) * d
@@ -312,3 +334,60 @@ def ghmr_grad_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, slot_scale_ptr
         half = tl.math.div_rn(factor, 2.0 * r) * d
     grad = tl.where(slot == 0, 0.0, half + half)
     tl.store(grad_ptr + base + lane, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+# float32 machine epsilon: mmdet divides a mean loss by (avg_factor + eps)
+EPS32 = tl.constexpr(1.1920928955078125e-07)
+
+
+@triton.jit
+def ghm_weigh_kernel(counts_ptr, sums_ptr, acc_ptr, updates_ptr, tot_ptr, poison_ptr,
+                     slot_weight_ptr, loss_ptr, divisor_ptr, skip_ptr, numel,
+                     momentum: tl.float64, keep: tl.float64, loss_weight: tl.float64,
+                     BINS: tl.constexpr, SLOTS_P2: tl.constexpr, TOT_FROM_COUNTS: tl.constexpr,
+                     HAS_POISON: tl.constexpr, EMA: tl.constexpr, REDUCTION: tl.constexpr,
+                     CDT: tl.constexpr):
+    """Everything between the histogram and the backward in one program (one launch instead of
+    some 40 small ops), with :meth:`GradientDensity.update`'s rounding: the EMA state updated in
+    place, the slot weights, the skip flag (non-finite loss sums of a valid element, or poison),
+    and for a reduced loss (REDUCTION 1 'mean', 2 'sum') the loss and the divisor the backward
+    divides by. ``keep`` is the Python double ``1 - momentum``."""
+    idx = tl.arange(0, SLOTS_P2)
+    in_bins = (idx >= 1) & (idx <= BINS)
+    counts = tl.load(counts_ptr + idx, mask=in_bins, other=0)
+    sums = tl.load(sums_ptr + idx, mask=(idx >= 1) & (idx <= BINS + 1), other=0.0)
+    finite = (sums == sums) & (tl.abs(sums) != float('inf'))
+    skip = tl.max(tl.where(finite, 0, 1), axis=0) > 0
+    if HAS_POISON:
+        skip = skip | (tl.load(poison_ptr) != 0)
+    if TOT_FROM_COUNTS:  # GHM-C: the number of valid elements
+        tot = (numel - tl.load(counts_ptr)).to(tl.float32)
+    else:
+        tot = tl.load(tot_ptr).to(tl.float32)
+    tot = tl.where(tot != tot, tot, tl.maximum(tot, 1.0))  # clamp(min=1) keeps NaN
+    nonempty = counts > 0
+    num_nonempty = tl.maximum(tl.sum(nonempty.to(tl.int32), axis=0), 1).to(tl.float32)
+    if EMA:
+        acc = tl.load(acc_ptr + idx - 1, mask=in_bins, other=0.0)
+        updates = tl.load(updates_ptr + idx - 1, mask=in_bins, other=0.0)
+        ema = acc * tl.cast(momentum, tl.float32) + (keep * counts.to(tl.float64)).to(tl.float32)
+        updated = nonempty & (skip == 0)
+        acc = tl.where(updated, ema, acc)
+        tl.store(acc_ptr + idx - 1, acc, mask=in_bins)
+        tl.store(updates_ptr + idx - 1, updates + updated.to(tl.float32), mask=in_bins)
+        weight = tl.math.div_rn(1.0, acc) * tot  # torch: reciprocal(acc) * tot
+    else:
+        weight = (tot.to(tl.float64) / counts.to(tl.float64)).to(tl.float32)
+    weight = tl.math.div_rn(tl.where(nonempty, weight, 0.0), num_nonempty)
+    tl.store(slot_weight_ptr + idx, weight, mask=idx < BINS + 2)
+    tl.store(skip_ptr, skip.to(tl.int8))
+    if REDUCTION != 0:
+        loss = tl.sum(tl.where(in_bins, sums * weight.to(tl.float64), 0.0), axis=0).to(CDT)
+        if REDUCTION == 1:
+            divisor = (tot.to(tl.float64) + EPS32).to(CDT)
+            loss = _div(loss, divisor, CDT)
+        else:
+            divisor = tl.full([], 1.0, CDT)
+        loss = loss * tl.cast(loss_weight, CDT)
+        tl.store(loss_ptr, tl.where(skip, float('nan'), loss))
+        tl.store(divisor_ptr, divisor)

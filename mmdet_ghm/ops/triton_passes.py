@@ -2,8 +2,9 @@
 
 Launchers only: they choose block sizes and constexpr modes, allocate the outputs and launch the
 kernels of :mod:`.triton_kernels` on pred's device. Nothing here reads a device value on the host:
-a call never syncs. Per call: two launches in the forward (histogram pass, fixed-order reduction
-of its per-program partials), one more for ``reduction='none'``, one in the backward.
+a call never syncs. Per call: three launches in the forward (histogram pass, fixed-order reduction
+of its per-program partials, the weighing), one more for ``reduction='none'``, one in the
+backward.
 """
 import contextlib
 import os
@@ -14,18 +15,23 @@ import triton
 from torch import Tensor
 
 from . import triton_kernels as K
-from .backend import GHMBackend
+from .backend import GHMBackend, Weighing
 
-# Block sizes for an H100/H200-class GPU, from ptxas's register counts for sm_90 (8 elements a
-# thread: 64 registers in float32, so 4 programs of 8 warps fit on one SM; 16 a thread spill or
-# halve that): GHM-C 2048 elements and 8 warps a program (1024 in float64), GHM-R 1024 and 4
-# (its inputs are small, N x 4). The reduction sums one row of the partial tables a program.
+# Block sizes for an H100/H200-class GPU. Gradient and element-wise passes: from ptxas's
+# register counts for sm_90 (8 elements a thread: 64 registers in float32, so 4 programs of 8
+# warps fit on one SM), GHM-C 2048 elements and 8 warps a program (1024 in float64), GHM-R 1024
+# and 4 (its inputs are small, N x 4). Histogram passes: one warp of 256 elements a program, so
+# that the per-slot sums are warp shuffles without block barriers (the fastest of the variants
+# timed on an H200, docs/gpu.md). The reduction sums one row of the partial tables a program.
 CLS_BLOCK, CLS_BLOCK_F64, CLS_WARPS = 2048, 1024, 8
 REG_BLOCK, REG_WARPS = 1024, 4
+HIST_BLOCK, HIST_WARPS = 256, 1
 REDUCE_BLOCK, REDUCE_WARPS = 4096, 8
+WEIGH_WARPS = 1
 # FMA contraction as nvcc compiles PyTorch's CUDA sigmoid (on); GHM-R off (see triton_kernels)
 CLS_FP_FUSION = True
 REG_FP_FUSION = False
+REDUCTIONS = dict(none=0, mean=1, sum=2)
 
 
 def interpreting() -> bool:
@@ -58,25 +64,82 @@ def _launch_options(block: int, warps: int, fp_fusion: bool) -> dict:
                 enable_reflect_ftz=False)  # PyTorch's CUDA code is built without ftz
 
 
-def _slot_sums(kernel, inputs: tuple, scalars: tuple, numel: int, bins: int, device,
-               dtype: torch.dtype, options: dict, modes: dict) -> Tuple[Tensor, Tensor]:
-    """Run a histogram kernel and reduce its partial tables: int64 counts, float64 loss sums."""
-    counts = torch.zeros(bins + 2, dtype=torch.int64, device=device)
-    sums = torch.zeros(bins + 2, dtype=torch.float64, device=device)
-    if numel == 0:
+def _histogram_options(bins: int, fp_fusion: bool) -> dict:
+    return dict(_launch_options(HIST_BLOCK, HIST_WARPS, fp_fusion),
+                SLOTS_P2=triton.next_power_of_2(bins + 2))
+
+
+class _TritonBackend(GHMBackend):
+    """What both Triton backends share: the histogram's partial tables and their reduction, the
+    weighing in one kernel, the backward's arguments. Subclasses set ``pred``, ``dtype``,
+    ``cdt``, ``numel`` and ``bins``."""
+
+    def _slot_sums(self, kernel, inputs: tuple, scalars: tuple, options: dict,
+                   modes: dict) -> Tuple[Tensor, Tensor]:
+        """Run a histogram kernel and reduce its partial tables: int64 counts, float64 sums."""
+        device, slots = self.pred.device, self.bins + 2
+        if self.numel == 0:
+            return (torch.zeros(slots, dtype=torch.int64, device=device),
+                    torch.zeros(slots, dtype=torch.float64, device=device))
+        counts = torch.empty(slots, dtype=torch.int64, device=device)
+        sums = torch.empty(slots, dtype=torch.float64, device=device)
+        programs = triton.cdiv(self.numel, options['BLOCK'])
+        counts_part = torch.empty((slots, programs), dtype=torch.int32, device=device)
+        sums_part = torch.empty((slots, programs), dtype=self.dtype, device=device)
+        with _device_guard(self.pred):
+            kernel[(programs,)](*inputs, counts_part, sums_part, *scalars, self.numel, programs,
+                                **modes, **options)
+            K.slot_partials_reduce_kernel[(slots,)](counts_part, sums_part, counts, sums,
+                                                    programs, RBLOCK=REDUCE_BLOCK,
+                                                    num_warps=REDUCE_WARPS,
+                                                    enable_fp_fusion=False)
         return counts, sums
-    programs = triton.cdiv(numel, options['BLOCK'])
-    counts_part = torch.empty((bins + 2, programs), dtype=torch.int32, device=device)
-    sums_part = torch.empty((bins + 2, programs), dtype=dtype, device=device)
-    kernel[(programs,)](*inputs, counts_part, sums_part, *scalars, numel, programs,
-                        SLOTS_P2=triton.next_power_of_2(bins + 2), **modes, **options)
-    K.slot_partials_reduce_kernel[(bins + 2,)](counts_part, sums_part, counts, sums, programs,
-                                               RBLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS,
-                                               enable_fp_fusion=False)
-    return counts, sums
+
+    def weigh(self, slot_counts: Tensor, slot_loss_sums: Tensor, call) -> Weighing:
+        """One launch of :func:`~.triton_kernels.ghm_weigh_kernel`. Under ``sync_across_ranks``
+        with several ranks (an all-reduce between counting and weighing), with
+        ``bias_correction`` or with the density's state on another device than pred: the
+        PyTorch ops of :meth:`GHMBackend.weigh`."""
+        density = call.density
+        if (density.synchronizes() or density.bias_correction
+                or density.acc_sum.device != slot_counts.device):
+            return super().weigh(slot_counts, slot_loss_sums, call)
+        density.record(slot_counts)
+        device, slots = slot_counts.device, slot_counts.numel()
+        slot_weight = torch.empty(slots, dtype=torch.float32, device=device)
+        loss = torch.empty((), dtype=self.dtype, device=device)
+        divisor = torch.empty((), dtype=self.dtype, device=device)
+        skip = torch.empty((), dtype=torch.uint8, device=device)
+        tot = slot_counts if call.tot is None else call.tot.float().reshape(())
+        poison = (slot_counts if call.poison is None
+                  else _loadable(call.poison.reshape(()).to(device)))
+        reduction = REDUCTIONS[call.reduction]
+        with _device_guard(self.pred):
+            K.ghm_weigh_kernel[(1,)](
+                slot_counts, slot_loss_sums, density.acc_sum, density.num_updates, tot, poison,
+                slot_weight, loss, divisor, skip, self.numel, density.momentum,
+                1 - density.momentum, float(call.loss_weight), BINS=self.bins,
+                SLOTS_P2=triton.next_power_of_2(slots), TOT_FROM_COUNTS=call.tot is None,
+                HAS_POISON=call.poison is not None, EMA=density.momentum > 0,
+                REDUCTION=reduction, CDT=self.cdt, num_warps=WEIGH_WARPS,
+                enable_fp_fusion=False)
+        skip = skip.view(torch.bool)
+        if reduction == 0:
+            return Weighing(slot_weight, None, None, skip)
+        return Weighing(slot_weight, loss, divisor, skip)
+
+    def _grad_args(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
+                   elementwise: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        """(slot weights, grad_out, divisor) as the grad kernels read them."""
+        go = grad_out.detach().to(self.pred.device).contiguous()
+        if elementwise:
+            divisor = go  # not read
+        elif divisor is None:  # 'sum' from the PyTorch weighing: x / 1 is x
+            divisor = torch.ones((), dtype=self.dtype, device=self.pred.device)
+        return slot_weight.contiguous(), go, divisor
 
 
-class ClassificationTriton(GHMBackend):
+class ClassificationTriton(_TritonBackend):
     """GHM-C on an (M, C) problem (see :mod:`mmdet_ghm.ops.backend` for the arguments)."""
 
     def __init__(self, pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
@@ -113,9 +176,8 @@ class ClassificationTriton(GHMBackend):
                      **self.options)
 
     def histogram(self) -> Tuple[Tensor, Tensor]:
-        with _device_guard(self.pred):
-            return _slot_sums(K.ghmc_histogram_kernel, self._inputs(), (), self.numel, self.bins,
-                              self.pred.device, self.dtype, self.options, self.modes)
+        return self._slot_sums(K.ghmc_histogram_kernel, self._inputs(), (),
+                               _histogram_options(self.bins, CLS_FP_FUSION), self.modes)
 
     def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
         out = torch.empty(self.pred.shape, dtype=self.dtype, device=self.pred.device)
@@ -125,18 +187,18 @@ class ClassificationTriton(GHMBackend):
                              float(loss_weight))
         return out
 
-    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor] = None,
-             loss_weight: float = 1.0) -> Tensor:
+    def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
+             loss_weight: float, elementwise: bool) -> Tensor:
         grad = torch.empty_like(self.pred)
         if self.numel:
-            go = self.pred if grad_out is None else grad_out.detach().contiguous()
             with _device_guard(self.pred):
-                self._launch(K.ghmc_grad_kernel, slot_scale.contiguous(), go, grad,
-                             float(loss_weight), ELEMENTWISE=grad_out is not None)
+                self._launch(K.ghmc_grad_kernel, *self._grad_args(
+                    slot_weight, grad_out, divisor, elementwise), grad, float(loss_weight),
+                    ELEMENTWISE=elementwise)
         return grad
 
 
-class RegressionTriton(GHMBackend):
+class RegressionTriton(_TritonBackend):
     """GHM-R (Authentic Smooth L1) on pred/target of any equal shape and strides."""
 
     def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], binning,
@@ -162,10 +224,8 @@ class RegressionTriton(GHMBackend):
                      **_launch_options(REG_BLOCK, REG_WARPS, REG_FP_FUSION))
 
     def histogram(self) -> Tuple[Tensor, Tensor]:
-        with _device_guard(self.pred):
-            return _slot_sums(K.ghmr_histogram_kernel, self._inputs(), (self.mu, self.mu_sq),
-                              self.numel, self.bins, self.pred.device, self.dtype,
-                              _launch_options(REG_BLOCK, REG_WARPS, REG_FP_FUSION), self.modes)
+        return self._slot_sums(K.ghmr_histogram_kernel, self._inputs(), (self.mu, self.mu_sq),
+                               _histogram_options(self.bins, REG_FP_FUSION), self.modes)
 
     def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
         out = torch.empty(self.pred.shape, dtype=self.dtype, device=self.pred.device)
@@ -175,12 +235,12 @@ class RegressionTriton(GHMBackend):
                              self.mu, self.mu_sq, float(loss_weight))
         return out
 
-    def grad(self, slot_scale: Tensor, grad_out: Optional[Tensor] = None,
-             loss_weight: float = 1.0) -> Tensor:
+    def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
+             loss_weight: float, elementwise: bool) -> Tensor:
         grad = torch.empty_like(self.pred)
         if self.numel:
-            go = self.pred if grad_out is None else grad_out.detach().contiguous()
             with _device_guard(self.pred):
-                self._launch(K.ghmr_grad_kernel, slot_scale.contiguous(), go, grad, self.mu_sq,
-                             float(loss_weight), ELEMENTWISE=grad_out is not None)
+                self._launch(K.ghmr_grad_kernel, *self._grad_args(
+                    slot_weight, grad_out, divisor, elementwise), grad, self.mu_sq,
+                    float(loss_weight), ELEMENTWISE=elementwise)
         return grad
