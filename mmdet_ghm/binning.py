@@ -19,14 +19,14 @@ state and weights equal mmdet's whenever g is bitwise equal to mmdet's g. g goes
 operation that is not correctly rounded on CPU: PyTorch's sigmoid for GHM-C (``|sigmoid(x) - t|``)
 and its sqrt for GHM-R (``|d| / sqrt(d^2 + mu^2)``); their vectorized loop and their scalar tail
 round the last bit differently, and which elements take the scalar tail depends on the tensor's
-length and on how the intra-op threads split it. mmdet_ghm evaluates those two ops in fixed
-32768-element pieces (each on one thread, the tail padded to a multiple of 64), so every element
-takes the vectorized loop whatever the thread count or memory layout: the same inputs give the same
-slots, EMA state, gradient and loss on 1, 2 or 16 threads. mmdet's own bits depend on its thread
+length and on how the intra-op threads split it. mmdet_ghm evaluates those two ops so that every
+element takes the vectorized loop whatever the thread count or memory layout
+(:func:`mmdet_ghm.ops.cpu_passes._exact`): the same inputs give the same slots, EMA state,
+gradient and loss on any number of threads. mmdet's own bits depend on its thread
 split: an element of its scalar tails (at most 31 per thread and per op) that lies within an ulp of
 a bin edge can land in the neighbouring bin there, and nowhere else. The vector width (AVX2 /
-AVX-512, chosen by PyTorch at run time) is part of "the same machine"; a GPU's sigmoid and sqrt
-round differently again (see the Triton backend).
+AVX-512, chosen by PyTorch at run time) is part of "the same machine"; on a GPU the kernels'
+sigmoid and sqrt equal PyTorch's CUDA ops (see the Triton backend).
 """
 from typing import Optional, Tuple
 
