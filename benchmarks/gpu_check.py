@@ -625,15 +625,16 @@ def _kernel_timing(R, G, torch, dev, size, x, labels, lw, reps):
     go, divisor = torch.tensor(1.0, device=dev), torch.tensor(float(n), device=dev)
     nbytes = n * c * x.element_size() + n * 12
     lines = []
-    saved = (G.tp.HIST_BLOCK, G.tp.HIST_WARPS, G.tp.CLS_BLOCK, G.tp.CLS_WARPS)
+    saved = (G.tp.HIST_BLOCK, G.tp.HIST_BLOCKS, G.tp.HIST_WARPS, G.tp.CLS_BLOCK, G.tp.CLS_WARPS)
     try:
-        hist_configs = ((256, 1),) if R.dry_run else ((256, 1), (512, 2), (2048, 8))
-        for block, warps in hist_configs:
-            G.tp.HIST_BLOCK, G.tp.HIST_WARPS = block, warps
+        hist_configs = ((256, 8, 1),) if R.dry_run else (
+            (256, 1, 1), (256, 8, 1), (256, 32, 1), (512, 4, 2), (2048, 1, 8))
+        for block, blocks, warps in hist_configs:
+            G.tp.HIST_BLOCK, G.tp.HIST_BLOCKS, G.tp.HIST_WARPS = block, blocks, warps
             backend = G.tp.ClassificationTriton(x, labels, None, lw, density.binning)
             ms = cuda_time(torch, backend.histogram, reps)
-            lines.append(f'histogram+reduce block {block}/{warps} warps: {ms * 1e3:.0f} us '
-                         f'({nbytes / (ms * 1e-3) / 1e12:.2f} TB/s)')
+            lines.append(f'histogram+reduce {blocks} x {block} elements/{warps} warps: '
+                         f'{ms * 1e3:.0f} us ({nbytes / (ms * 1e-3) / 1e12:.2f} TB/s)')
         grad_configs = ((2048, 8),) if R.dry_run else ((1024, 4), (2048, 8), (4096, 8))
         for block, warps in grad_configs:
             G.tp.CLS_BLOCK, G.tp.CLS_WARPS = block, warps
@@ -642,7 +643,8 @@ def _kernel_timing(R, G, torch, dev, size, x, labels, lw, reps):
             lines.append(f'grad block {block}/{warps} warps: {ms * 1e3:.0f} us '
                          f'({(nbytes + n * c * x.element_size()) / (ms * 1e-3) / 1e12:.2f} TB/s)')
     finally:
-        (G.tp.HIST_BLOCK, G.tp.HIST_WARPS, G.tp.CLS_BLOCK, G.tp.CLS_WARPS) = saved
+        (G.tp.HIST_BLOCK, G.tp.HIST_BLOCKS, G.tp.HIST_WARPS, G.tp.CLS_BLOCK,
+         G.tp.CLS_WARPS) = saved
     backend = G.tp.ClassificationTriton(x, labels, None, lw, density.binning)
     counts, sums = backend.histogram()
     call = types.SimpleNamespace(density=density, reduction='mean', tot=None, poison=None,

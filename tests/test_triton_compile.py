@@ -55,7 +55,7 @@ def _compile_all() -> dict:
     reg = dict(BINS=10, HAS_WEIGHT=True, CDT=tl.float32, BLOCK=P.REG_BLOCK)
     reg_options = dict(num_warps=P.REG_WARPS, enable_fp_fusion=P.REG_FP_FUSION)
 
-    cls_hist = dict(cls, BLOCK=P.HIST_BLOCK, SLOTS_P2=32)
+    cls_hist = dict(cls, BLOCK=P.HIST_BLOCK, BLOCKS=P.HIST_BLOCKS, SLOTS_P2=32)
     hist_options = dict(num_warps=P.HIST_WARPS, enable_fp_fusion=P.CLS_FP_FUSION)
     weigh = dict(BINS=30, SLOTS_P2=32, TOT_FROM_COUNTS=True, HAS_POISON=True, EMA=True,
                  REDUCTION=1, CDT=tl.float32)
@@ -67,7 +67,7 @@ def _compile_all() -> dict:
         'ghmc_grad': ptx(K.ghmc_grad_kernel, common, dict(cls, ELEMENTWISE=True), **cls_options),
         'ghmc_elementwise_loss': ptx(K.ghmc_elementwise_loss_kernel, common, cls, **cls_options),
         'ghmr_histogram': ptx(K.ghmr_histogram_kernel, common,
-                              dict(reg, BLOCK=P.HIST_BLOCK, SLOTS_P2=16),
+                              dict(reg, BLOCK=P.HIST_BLOCK, BLOCKS=P.HIST_BLOCKS, SLOTS_P2=16),
                               num_warps=P.HIST_WARPS, enable_fp_fusion=P.REG_FP_FUSION),
         'ghmr_grad': ptx(K.ghmr_grad_kernel, common, dict(reg, ELEMENTWISE=True), **reg_options),
         'ghmr_elementwise_loss': ptx(K.ghmr_elementwise_loss_kernel, common, reg, **reg_options),

@@ -357,3 +357,23 @@ def test_weighing_kernel_equals_the_pytorch_weighing(momentum, reduction, case):
         torch.testing.assert_close(got.loss, want.loss, rtol=1e-7, atol=0, equal_nan=True)
     if case in ('poison', 'non_finite'):
         assert int(fused.num_updates.max()) <= (3 if momentum else 0)
+
+
+def test_float64_gradient_factor_is_float64_on_every_path():
+    """float64 pred: the backward factor ((grad_out * loss_weight) / divisor) * weight is formed
+    in float64 by the Triton kernel, the CPU backend and the differentiable (create_graph) path
+    alike (a float32 product would differ by ~5e-8 relative)."""
+    gen = torch.Generator().manual_seed(12)
+    pred = torch.randn(60, 5, generator=gen, dtype=torch.float64) * 3
+    labels = torch.randint(0, 6, (60,), generator=gen)
+    weight = (torch.rand(60, generator=gen) > 0.2).double()
+    grads = []
+    for backend, create_graph in (('triton', False), ('triton', True), ('cpu', False)):
+        p = pred.clone().requires_grad_()
+        # loss_weight exact in float32: the interpreter rounds a float scalar argument to
+        # float32 (on a GPU the kernels take it as float64)
+        loss = ghmc_loss(p, labels, None, weight, GradientDensity(10, 0.75), 0.75,
+                         backend=backend) * 1.3
+        grads.append(torch.autograd.grad(loss, p, create_graph=create_graph)[0].detach())
+    for grad in grads[1:]:
+        torch.testing.assert_close(grad, grads[0], rtol=1e-13, atol=0)

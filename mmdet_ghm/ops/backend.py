@@ -58,14 +58,14 @@ def slot_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor
     scale = grad_out.to(dtype) * loss_weight
     if divisor is not None:
         scale = scale / divisor
-    return scale * slot_weight, None
+    return scale * slot_weight.to(dtype), None
 
 
 class Weighing(NamedTuple):
     """What :meth:`GHMBackend.weigh` hands back to the Function."""
     slot_weight: Tensor  # float32 (bins + 2,): the weight of each slot (0 for 0 and bins + 1)
     loss: Optional[Tensor]  # the reduced loss (NaN when skip); None for reduction='none'
-    divisor: Optional[Tensor]  # what a reduced loss was divided by (None: nothing)
+    divisor: Optional[Tensor]  # what a reduced loss was divided by (None or 1: nothing)
     skip: Tensor  # 0-dim: the call was rejected (bad input); the EMA state is left untouched
 
 

@@ -9,8 +9,8 @@ Kept between forward and backward: one uint8 slot per element (a quarter of the 
 Recomputing it would mean a second sigmoid and binning in the backward, about as much work again
 as the gradient itself; the byte makes the backward one sigmoid, one gather and one multiply.
 
-The transcendental ops (sigmoid, log1p, sqrt) go through PyTorch's vectorized loop for every
-element: each call is cut to a length that PyTorch's intra-op threads split into pieces a multiple
+The ops whose bits decide the bins or the loss (sigmoid, log1p, sqrt) go through PyTorch's
+vectorized loop for every element (the sigmoid's scalar tail rounds differently): each call is cut to a length that PyTorch's intra-op threads split into pieces a multiple
 of 64 long, and the few elements left over are computed padded, on one thread. Their bits, hence
 the bins, the state and the gradient, then do not depend on the thread count or the memory layout
 (see :mod:`mmdet_ghm.binning`). Chunks are combined in order: bitwise reproducible.
@@ -345,8 +345,8 @@ class RegressionCPU(GHMBackend):
 
     def _diff_root(self) -> Tuple[Tensor, Tensor]:
         d = self.pred.to(self.dtype) - self.target.to(self.dtype)
-        # torch.sqrt's vectorized loop is not correctly rounded on CPU: the same bits whatever
-        # the thread split, as for the sigmoid
+        # the sqrt decides the bins: evaluated like the sigmoid, so that no CPU build's loop
+        # split can change its bits
         root = d * d + self.mu_sq
         return d, _exact(torch.sqrt, root, root)
 

@@ -2,9 +2,9 @@
 
 Two passes per loss, like a fused focal loss, and nothing of the input's size kept between them:
 
-1. histogram (forward): each program reads one block of the inputs once, bins every element and
-   writes its slot counts (``tl.histogram``) and its per-slot sums of the unweighted loss into one
-   column of two small ``(bins + 2, programs)`` tables. :func:`slot_partials_reduce_kernel` then
+1. histogram (forward): each program reads a few blocks of the inputs once, bins every element
+   and writes its slot counts (``tl.histogram``) and its per-slot sums of the unweighted loss into
+   one column of two small ``(bins + 2, programs)`` tables. :func:`slot_partials_reduce_kernel` then
    sums each row in a fixed order (float64 for the loss): counts and loss sums are bitwise
    reproducible, no atomics at all. :func:`ghm_weigh_kernel` turns them into the EMA state, the
    slot weights and the reduced loss ``dot(loss sums, slot weights)`` in one program.
@@ -148,23 +148,29 @@ def _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base, lane
 
 
 @triton.jit
-def _store_partials(slot, loss, mask, counts_part_ptr, sums_part_ptr, pid, num_programs,
-                    BINS: tl.constexpr, SLOTS_P2: tl.constexpr):
-    """This program's column of the partial tables: slot counts (every slot) and loss sums
-    (slots 1 .. BINS + 1; slot 0, the invalid elements, is never summed)."""
+def _add_slot_sums(counts, sums, slot, loss, mask, BINS: tl.constexpr, SLOTS_P2: tl.constexpr):
+    """Add one block's slot counts (every slot) and loss sums (slots 1 .. BINS + 1; slot 0, the
+    invalid elements, is never summed) to a program's ``(SLOTS_P2,)`` accumulators."""
     hist = tl.histogram(slot, SLOTS_P2, mask=mask)
     idx = tl.arange(0, SLOTS_P2)
-    tl.store(counts_part_ptr + idx.to(tl.int64) * num_programs + pid, hist, mask=idx < BINS + 2)
     # one masked sum per slot present in this block (most blocks hold a few slots): bit k of
     # `present` says slot k is; slots >= 63 are always summed
     bit = tl.full([SLOTS_P2], 1, tl.int64) << tl.minimum(idx, 62).to(tl.int64)
     present = tl.sum(tl.where((hist > 0) & (idx < 63), bit, 0), axis=0)
     for k in range(1, BINS + 2):
-        dst = sums_part_ptr + k * num_programs + pid
         if (k >= 63) | (((present >> tl.minimum(k, 62)) & 1) != 0):
-            tl.store(dst, tl.sum(tl.where(slot == k, loss, 0.0), axis=0))
-        else:
-            tl.store(dst, 0.0)
+            sums += tl.where(idx == k, tl.sum(tl.where(slot == k, loss, 0.0), axis=0), 0.0)
+    return counts + hist, sums
+
+
+@triton.jit
+def _store_partials(counts, sums, counts_part_ptr, sums_part_ptr, pid, num_programs,
+                    BINS: tl.constexpr, SLOTS_P2: tl.constexpr):
+    """This program's column of the partial tables (row 0 of the loss sums is never read)."""
+    idx = tl.arange(0, SLOTS_P2)
+    column = idx.to(tl.int64) * num_programs + pid
+    tl.store(counts_part_ptr + column, counts, mask=idx < BINS + 2)
+    tl.store(sums_part_ptr + column, sums, mask=(idx > 0) & (idx < BINS + 2))
 
 
 @triton.jit
@@ -190,13 +196,19 @@ def ghmc_histogram_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr
                           counts_part_ptr, sums_part_ptr, numel, num_programs,
                           C: tl.constexpr, BINS: tl.constexpr, SLOTS_P2: tl.constexpr,
                           LABELS: tl.constexpr, WEIGHT: tl.constexpr, CDT: tl.constexpr,
-                          EXACT: tl.constexpr, BLOCK: tl.constexpr):
+                          EXACT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS: tl.constexpr):
+    """Counts and loss sums of BLOCKS consecutive blocks of BLOCK elements (one column)."""
     pid = tl.program_id(0)
-    base, lane, mask = _block(pid, numel, BLOCK)
-    x, t, s, slot = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
-                              lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
-    _store_partials(slot, _bce_with_logits(x, t), mask, counts_part_ptr, sums_part_ptr, pid,
-                    num_programs, BINS, SLOTS_P2)
+    counts = tl.zeros([SLOTS_P2], tl.int32)
+    sums = tl.zeros([SLOTS_P2], CDT)
+    for i in range(BLOCKS):
+        base, lane, mask = _block(pid.to(tl.int64) * BLOCKS + i, numel, BLOCK)
+        x, t, s, slot = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
+                                  lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
+        counts, sums = _add_slot_sums(counts, sums, slot, _bce_with_logits(x, t), mask, BINS,
+                                      SLOTS_P2)
+    _store_partials(counts, sums, counts_part_ptr, sums_part_ptr, pid, num_programs, BINS,
+                    SLOTS_P2)
 
 
 @triton.jit
@@ -288,14 +300,19 @@ def _reg_slot(d, r, valid, edges_ptr, BINS: tl.constexpr, CDT: tl.constexpr):
 def ghmr_histogram_kernel(pred_ptr, target_ptr, weight_ptr, edges_ptr, counts_part_ptr,
                           sums_part_ptr, mu: tl.float64, mu_sq: tl.float64, numel, num_programs,
                           BINS: tl.constexpr, SLOTS_P2: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                          CDT: tl.constexpr, BLOCK: tl.constexpr):
+                          CDT: tl.constexpr, BLOCK: tl.constexpr, BLOCKS: tl.constexpr):
     pid = tl.program_id(0)
-    base, lane, mask = _block(pid, numel, BLOCK)
-    d, r, valid = _reg_inputs(pred_ptr, target_ptr, weight_ptr, base, lane, mask,
-                              tl.cast(mu_sq, CDT), HAS_WEIGHT, CDT)
-    slot = _reg_slot(d, r, valid, edges_ptr, BINS, CDT)
-    _store_partials(slot, r - tl.cast(mu, CDT), mask, counts_part_ptr, sums_part_ptr, pid,
-                    num_programs, BINS, SLOTS_P2)
+    counts = tl.zeros([SLOTS_P2], tl.int32)
+    sums = tl.zeros([SLOTS_P2], CDT)
+    for i in range(BLOCKS):
+        base, lane, mask = _block(pid.to(tl.int64) * BLOCKS + i, numel, BLOCK)
+        d, r, valid = _reg_inputs(pred_ptr, target_ptr, weight_ptr, base, lane, mask,
+                                  tl.cast(mu_sq, CDT), HAS_WEIGHT, CDT)
+        slot = _reg_slot(d, r, valid, edges_ptr, BINS, CDT)
+        counts, sums = _add_slot_sums(counts, sums, slot, r - tl.cast(mu, CDT), mask, BINS,
+                                      SLOTS_P2)
+    _store_partials(counts, sums, counts_part_ptr, sums_part_ptr, pid, num_programs, BINS,
+                    SLOTS_P2)
 
 
 @triton.jit

@@ -20,12 +20,13 @@ from .backend import GHMBackend, Weighing
 # Block sizes for an H100/H200-class GPU. Gradient and element-wise passes: from ptxas's
 # register counts for sm_90 (8 elements a thread: 64 registers in float32, so 4 programs of 8
 # warps fit on one SM), GHM-C 2048 elements and 8 warps a program (1024 in float64), GHM-R 1024
-# and 4 (its inputs are small, N x 4). Histogram passes: one warp of 256 elements a program, so
-# that the per-slot sums are warp shuffles without block barriers (the fastest of the variants
-# timed on an H200, docs/gpu.md). The reduction sums one row of the partial tables a program.
+# and 4 (its inputs are small, N x 4). Histogram passes: one warp a program, blocks of 256
+# elements, so that the per-slot sums are warp shuffles without block barriers (the fastest of
+# the variants timed on an H200, docs/gpu.md); HIST_BLOCKS blocks a program keep the partial
+# tables small. The reduction sums one row of the partial tables a program.
 CLS_BLOCK, CLS_BLOCK_F64, CLS_WARPS = 2048, 1024, 8
 REG_BLOCK, REG_WARPS = 1024, 4
-HIST_BLOCK, HIST_WARPS = 256, 1
+HIST_BLOCK, HIST_BLOCKS, HIST_WARPS = 256, 8, 1
 REDUCE_BLOCK, REDUCE_WARPS = 4096, 8
 WEIGH_WARPS = 1
 # FMA contraction as nvcc compiles PyTorch's CUDA sigmoid (on); GHM-R off (see triton_kernels)
@@ -65,7 +66,7 @@ def _launch_options(block: int, warps: int, fp_fusion: bool) -> dict:
 
 
 def _histogram_options(bins: int, fp_fusion: bool) -> dict:
-    return dict(_launch_options(HIST_BLOCK, HIST_WARPS, fp_fusion),
+    return dict(_launch_options(HIST_BLOCK, HIST_WARPS, fp_fusion), BLOCKS=HIST_BLOCKS,
                 SLOTS_P2=triton.next_power_of_2(bins + 2))
 
 
@@ -83,7 +84,7 @@ class _TritonBackend(GHMBackend):
                     torch.zeros(slots, dtype=torch.float64, device=device))
         counts = torch.empty(slots, dtype=torch.int64, device=device)
         sums = torch.empty(slots, dtype=torch.float64, device=device)
-        programs = triton.cdiv(self.numel, options['BLOCK'])
+        programs = triton.cdiv(self.numel, options['BLOCK'] * options['BLOCKS'])
         counts_part = torch.empty((slots, programs), dtype=torch.int32, device=device)
         sums_part = torch.empty((slots, programs), dtype=self.dtype, device=device)
         with _device_guard(self.pred):
@@ -97,9 +98,9 @@ class _TritonBackend(GHMBackend):
 
     def weigh(self, slot_counts: Tensor, slot_loss_sums: Tensor, call) -> Weighing:
         """One launch of :func:`~.triton_kernels.ghm_weigh_kernel`. Under ``sync_across_ranks``
-        with several ranks (an all-reduce between counting and weighing), with
-        ``bias_correction`` or with the density's state on another device than pred: the
-        PyTorch ops of :meth:`GHMBackend.weigh`."""
+        with several ranks (an all-reduce between counting and weighing) or with
+        ``bias_correction``: the PyTorch ops of :meth:`GHMBackend.weigh`; they also handle (and
+        reject, as PyTorch does) a density whose state is on another device than pred."""
         density = call.density
         if (density.synchronizes() or density.bias_correction
                 or density.acc_sum.device != slot_counts.device):
@@ -110,7 +111,7 @@ class _TritonBackend(GHMBackend):
         loss = torch.empty((), dtype=self.dtype, device=device)
         divisor = torch.empty((), dtype=self.dtype, device=device)
         skip = torch.empty((), dtype=torch.uint8, device=device)
-        tot = slot_counts if call.tot is None else call.tot.float().reshape(())
+        tot = slot_counts if call.tot is None else call.tot.float().reshape(()).to(device)
         poison = (slot_counts if call.poison is None
                   else _loadable(call.poison.reshape(()).to(device)))
         reduction = REDUCTIONS[call.reduction]
