@@ -10,10 +10,11 @@ Recomputing it would mean a second sigmoid and binning in the backward, about as
 as the gradient itself; the byte makes the backward one sigmoid, one gather and one multiply.
 
 The ops whose bits decide the bins or the loss (sigmoid, log1p, sqrt) go through PyTorch's
-vectorized loop for every element (the sigmoid's scalar tail rounds differently): each call is cut to a length that PyTorch's intra-op threads split into pieces a multiple
-of 64 long, and the few elements left over are computed padded, on one thread. Their bits, hence
-the bins, the state and the gradient, then do not depend on the thread count or the memory layout
-(see :mod:`mmdet_ghm.binning`). Chunks are combined in order: bitwise reproducible.
+vectorized loop for every element (the sigmoid's scalar tail rounds differently): each call is
+cut to a length that PyTorch's intra-op threads split into pieces a multiple of 64 long, and the
+few elements left over are computed padded, on one thread. Their bits, hence the bins, the state
+and the gradient, then do not depend on the thread count or the memory layout (see
+:mod:`mmdet_ghm.binning`). Chunks are combined in order: bitwise reproducible.
 """
 import functools
 import sys

@@ -4,8 +4,9 @@ Data path of one call: a backend (:mod:`mmdet_ghm.ops.backend`; CPU or Triton) r
 once into slot counts and slot loss sums, then weighs them: the
 :class:`~mmdet_ghm.density.GradientDensity` turns the counts into slot weights (EMA update;
 all-reduced first under ``sync_across_ranks``) and the loss is the dot product of the loss sums
-and the weights. The backward asks the backend for the gradient (one read, one write). Under ``create_graph=True`` the backward is formed from differentiable
-PyTorch ops instead, so that double backward works.
+and the weights. The backward asks the backend for the gradient (one read, one write). Under
+``create_graph=True`` the backward is formed from differentiable PyTorch ops instead, so that
+double backward works.
 """
 from typing import Callable, Optional
 

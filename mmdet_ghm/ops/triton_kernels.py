@@ -1,6 +1,7 @@
 """Triton kernels of GHM-C and GHM-R (CUDA tensors; CPU tensors under TRITON_INTERPRET=1).
 
-Two passes per loss, like a fused focal loss, and nothing of the input's size kept between them:
+Two passes over the inputs per loss, like a fused focal loss, and nothing of the input's size kept
+between them:
 
 1. histogram (forward): each program reads a few blocks of the inputs once, bins every element
    and writes its slot counts (``tl.histogram``) and its per-slot sums of the unweighted loss into
@@ -377,7 +378,7 @@ def ghm_weigh_kernel(counts_ptr, sums_ptr, acc_ptr, updates_ptr, tot_ptr, poison
     skip = tl.max(tl.where(finite, 0, 1), axis=0) > 0
     if HAS_POISON:
         skip = skip | (tl.load(poison_ptr) != 0)
-    if TOT_FROM_COUNTS:  # GHM-C: the number of valid elements
+    if TOT_FROM_COUNTS:  # the valid elements (GHM-C; GHM-R without weights: all of them)
         tot = (numel - tl.load(counts_ptr)).to(tl.float32)
     else:
         tot = tl.load(tot_ptr).to(tl.float32)
