@@ -319,10 +319,28 @@ def test_ghmr_square_overflow_is_named_and_ignored_elements_never_raise():
                   GradientDensity(10, 0.7, 1e3))
 
 
+def _assert_same_on_1_2_3_threads(loss_fn, make_density, pred):
+    """Two calls of ``loss_fn(p, density)`` on a fresh density per thread count (1, 2, 3): the
+    losses, gradients and EMA state bitwise equal across the thread counts."""
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            density = make_density()
+            out = [_loss_and_grad(lambda p: loss_fn(p, density), pred) for _ in range(2)]
+            results.append((out, density.acc_sum.clone()))
+    finally:
+        torch.set_num_threads(previous)
+    for out, state in results[1:]:
+        assert torch.equal(state, results[0][1])
+        for (loss, grad), (loss0, grad0) in zip(out, results[0][0]):
+            assert torch.equal(loss, loss0) and torch.equal(grad, grad0)
+
+
 def test_ghmr_same_state_loss_and_gradient_whatever_the_thread_count():
     """GHM-R's sqrt is not correctly rounded in PyTorch's vectorized CPU loop: the same
     results on 1, 2 and 3 threads all the same."""
-    previous = torch.get_num_threads()
     # differences whose g = |d| / sqrt(d^2 + mu^2) lies within a few ulps of a bin edge
     edges = torch.arange(1, 10, dtype=torch.float64) / 10
     d = (edges * 0.02 / (1 - edges ** 2).sqrt()).float()
@@ -330,20 +348,8 @@ def test_ghmr_same_state_loss_and_gradient_whatever_the_thread_count():
     pred = torch.cat([near.view(-1).view(torch.float32), torch.randn(280004 - near.numel())
                       * 0.05])[torch.randperm(280004)].view(70001, 4)
     target = torch.zeros(70001, 4)
-    results = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            density = GradientDensity(10, 0.7, 1e3)
-            out = [_loss_and_grad(lambda p: ghmr_loss(p, target, None, density), pred)
-                   for _ in range(2)]
-            results.append((out, density.acc_sum.clone()))
-    finally:
-        torch.set_num_threads(previous)
-    for out, state in results[1:]:
-        assert torch.equal(state, results[0][1])
-        for (loss, grad), (loss0, grad0) in zip(out, results[0][0]):
-            assert torch.equal(loss, loss0) and torch.equal(grad, grad0)
+    _assert_same_on_1_2_3_threads(lambda p, density: ghmr_loss(p, target, None, density),
+                                  lambda: GradientDensity(10, 0.7, 1e3), pred)
 
 
 @pytest.mark.parametrize('targets', ['labels', 'soft'])
@@ -351,25 +357,13 @@ def test_same_state_loss_and_gradient_whatever_the_thread_count(targets):
     """The sigmoid's vectorized and scalar loops round differently; PyTorch's thread split
     decides which elements take the scalar one. Ours does not depend on it: bitwise the same
     results on 1, 2 and 3 threads, for sizes that are not multiples of anything."""
-    previous = torch.get_num_threads()
     pred = torch.randn(70001, 13) * 3 - 2
     labels = torch.randint(0, 14, (70001,))
     target = torch.rand(70001, 13) if targets == 'soft' else None
-    results = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            density = GradientDensity(30, 0.75)
-            out = [_loss_and_grad(lambda p: ghmc_loss(
-                p, labels if target is None else None, target, None, density), pred)
-                for _ in range(2)]
-            results.append((out, density.acc_sum.clone()))
-    finally:
-        torch.set_num_threads(previous)
-    for out, state in results[1:]:
-        assert torch.equal(state, results[0][1])
-        for (loss, grad), (loss0, grad0) in zip(out, results[0][0]):
-            assert torch.equal(loss, loss0) and torch.equal(grad, grad0)
+    _assert_same_on_1_2_3_threads(
+        lambda p, density: ghmc_loss(p, labels if target is None else None, target, None,
+                                     density),
+        lambda: GradientDensity(30, 0.75), pred)
 
 
 @pytest.mark.parametrize('op', [torch.sigmoid, torch.sqrt, torch.log1p])

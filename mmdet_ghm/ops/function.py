@@ -30,6 +30,16 @@ def _use_triton(device: torch.device, backend: Optional[str]) -> bool:
     return backend == 'triton'
 
 
+def _backend_class(device: torch.device, backend: Optional[str], loss: str):
+    """(backend class, whether it is the Triton one) of ``loss`` ('Classification' or
+    'Regression') for pred's device; Triton is imported only when it is used."""
+    if _use_triton(device, backend):
+        from . import triton_passes
+        return getattr(triton_passes, loss + 'Triton'), True
+    from . import cpu_passes
+    return getattr(cpu_passes, loss + 'CPU'), False
+
+
 class _Call:
     """What one call needs besides pred: built by the entry point, completed by the forward.
     ``can_raise``: the PyTorch backend may read the small bad-call flags on the host (a ValueError
@@ -149,11 +159,7 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
         ValueError (CPU backend only; every rank alike under ``sync_across_ranks``): the loss of
         a valid element is not finite (NaN logits, or an infinite logit on the wrong side).
     """
-    on_device = _use_triton(pred.device, backend)
-    if on_device:
-        from .triton_passes import ClassificationTriton as backend_cls
-    else:
-        from .cpu_passes import ClassificationCPU as backend_cls
+    backend_cls, on_device = _backend_class(pred.device, backend, 'Classification')
 
     def message(here: bool) -> str:
         where = 'on this rank' if here else 'on another rank (sync_across_ranks)'
@@ -181,11 +187,7 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
         ValueError (CPU backend only): the loss of a valid element is not finite (NaN or inf in
         pred/target, or a difference whose square overflows the compute dtype).
     """
-    on_device = _use_triton(pred.device, backend)
-    if on_device:
-        from .triton_passes import RegressionTriton as backend_cls
-    else:
-        from .cpu_passes import RegressionCPU as backend_cls
+    backend_cls, on_device = _backend_class(pred.device, backend, 'Regression')
     # no weight: tot is the element count, which the backend knows (no host-to-device copy)
     tot = None if weight is None else weight.sum(dtype=torch.float32)
 
