@@ -98,6 +98,27 @@ def test_tiny_comparison(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert printed.count('[compare] reuse') == 2 and '[compare] train' not in printed
 
+    # Another clone (another work dir, the committed report): restored from the report, figures
+    # kept, and the restored results are reused by the next call.
+    args2 = [a if a != 'work' else 'work2' for a in args]
+    for _ in range(2):
+        assert compare_losses.main(args2) == 0
+        printed = capsys.readouterr().out
+        assert printed.count('[compare] reuse') == 2 and '[compare] train' not in printed
+    assert printed.count('restored from the report') == 0  # the second call: result.json
+    again = json.loads((tmp_path / 'out' / 'loss_comparison.json').read_text())
+    assert [r['metrics'] for r in again['runs']] == [r['metrics'] for r in report['runs']]
+    assert all(r['restored_from'] == str(work / r['stem'] / 'seed7') for r in again['runs'])
+    assert f'{figures[0]}' in (tmp_path / 'out' / 'loss_comparison.md').read_text()
+    # A run whose config differs from the recorded one (another density interval: the GHM run's
+    # hook) is not restored; the CE run's config is the same and is.
+    assert compare_losses.main([a if a != 'work' else 'work3' for a in args]
+                               + ['--max-runs', '0', '--density-interval', '2']) == 0
+    printed = capsys.readouterr().out
+    assert printed.count('restored from the report') == 1 and 'reuse CE (sigmoid)' in printed
+    assert '| GHM-C + smooth L1 | 7 | not run yet |' in \
+        (tmp_path / 'out' / 'loss_comparison.md').read_text()
+
 
 def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     """A run whose config was trained up to an epoch checkpoint goes on from there; a changed

@@ -24,6 +24,9 @@ writes into ``--out-dir`` (default ``docs/loss_comparison``):
 Runs live in ``--work-dir`` (default ``work_dirs/compare_losses/<config>/seed<S>/``) with the exact
 config each trained with. A finished run (its ``result.json``, for the same config text) is
 reused, so an interrupted comparison resumes where it stopped; ``--rerun`` trains everything again.
+A run that is in ``--out-dir``'s ``loss_comparison.json`` (trained on another clone, committed) is
+reused too when its recorded config SHA-1 is that of the same config written for its own run
+directory: a fresh clone resumes a committed comparison without training its finished runs again.
 Every run saves a checkpoint at the end of each epoch (only the last is kept): a run interrupted
 midway resumes from its last finished epoch when the same config is trained again (the data
 order follows the epoch; the random flips restart their stream, so a resumed run is not
@@ -163,9 +166,8 @@ def describe_losses(cfg) -> str:
     return f'{cls_name} + {box_name}{scope}'
 
 
-def prepare_run(config: str, seed: int, run_dir: str, cfg_options: dict,
-                density_interval: int):
-    """Write the exact config of one run into ``run_dir/config.py``; returns (path, label, ghm)."""
+def run_config(config: str, seed: int, run_dir: str, cfg_options: dict, density_interval: int):
+    """The exact config of one run (a ``mmengine.Config``), as ``prepare_run`` writes it."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(config)
@@ -175,10 +177,16 @@ def prepare_run(config: str, seed: int, run_dir: str, cfg_options: dict,
     cfg.merge_from_dict(cfg_options)
     cfg.randomness = dict(cfg.get('randomness', {}), seed=seed)
     cfg.work_dir = run_dir
-    ghm = _uses_ghm(cfg)
-    if ghm and density_interval > 0:
+    if _uses_ghm(cfg) and density_interval > 0:
         hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'GHMDensityHook']
         cfg.custom_hooks = hooks + [dict(type='GHMDensityHook', interval=density_interval)]
+    return cfg
+
+
+def prepare_run(config: str, seed: int, run_dir: str, cfg_options: dict,
+                density_interval: int):
+    """Write the exact config of one run into ``run_dir/config.py``; returns (path, label, ghm)."""
+    cfg = run_config(config, seed, run_dir, cfg_options, density_interval)
     os.makedirs(run_dir, exist_ok=True)
     path = osp.join(run_dir, 'config.py')
     text = cfg.pretty_text
@@ -186,7 +194,33 @@ def prepare_run(config: str, seed: int, run_dir: str, cfg_options: dict,
         forget_checkpoints(run_dir)  # of another config: never resume from them
         with open(path, 'w') as f:
             f.write(text)
-    return path, describe_losses(cfg), ghm
+    return path, describe_losses(cfg), _uses_ghm(cfg)
+
+
+def restore_result(run: dict, report_runs: list, cfg_options: dict, density_interval: int):
+    """The result of ``run`` from a written report (``loss_comparison.json``), when the report
+    holds a finished run of the same config and seed whose config text, written for its own run
+    directory, has the recorded SHA-1: a committed table resumes on another clone. Written into
+    ``run_dir/result.json`` (with ``restored_from``); None when there is none."""
+    for old in report_runs:
+        if (old.get('stem'), old.get('seed')) != (run['stem'], run['seed']) \
+                or old.get('failed') or old.get('pending') or not old.get('log_dir'):
+            continue
+        # where it was trained, and the SHA-1 of its config there (a restored run keeps both)
+        old_run_dir = old.get('restored_from') or osp.dirname(old['log_dir'])
+        old_sha1 = old.get('trained_config_sha1') or old['config_sha1']
+        text = run_config(osp.join(REPO, run['config']), run['seed'], old_run_dir, cfg_options,
+                          density_interval).pretty_text
+        if hashlib.sha1(text.encode()).hexdigest() != old_sha1:
+            continue
+        result = {k: v for k, v in old.items()
+                  if k not in ('config', 'stem', 'label', 'seed', 'ghm', 'run_dir')}
+        result.update(config_sha1=_sha1(osp.join(run['run_dir'], 'config.py')),
+                      restored_from=old_run_dir, trained_config_sha1=old_sha1)
+        with open(osp.join(run['run_dir'], RESULT_FILE), 'w') as f:
+            json.dump(result, f, indent=2)
+        return result
+    return None
 
 
 def forget_checkpoints(run_dir: str) -> None:
@@ -197,10 +231,10 @@ def forget_checkpoints(run_dir: str) -> None:
 
 
 def run_all(configs, seeds, work_dir, cfg_options, density_interval, rerun, log=print,
-            max_runs=None):
+            max_runs=None, report_runs=()):
     """Train every (config, seed) that has no up-to-date result, seed by seed, at most
     ``max_runs`` of them (the others are returned as ``pending``); returns one dict per run, in
-    config order."""
+    config order. A run finished in ``report_runs`` (an earlier report's) is restored from it."""
     runs, trained = {}, 0
     for seed in seeds:
         for index, config in enumerate(configs):
@@ -218,6 +252,13 @@ def run_all(configs, seeds, work_dir, cfg_options, density_interval, rerun, log=
                     runs[key] = dict(run, **result)
                     continue
                 log(f'[compare] {label}, seed {seed}: config changed since the last run, rerunning')
+            elif not rerun:
+                result = restore_result(run, report_runs, cfg_options, density_interval)
+                if result is not None:
+                    log(f'[compare] reuse {label}, seed {seed}: restored from the report '
+                        f'(trained in {result["restored_from"]})')
+                    runs[key] = dict(run, **result)
+                    continue
             if max_runs is not None and trained >= max_runs:
                 runs[key] = dict(run, pending=True)
                 continue
@@ -358,9 +399,13 @@ def plot_figures(runs, out_dir, log=print) -> list:
         if not r['ghm'] or r.get('failed') or r.get('pending') or r['stem'] in seen:
             continue
         seen.add(r['stem'])
+        fig_dir = osp.join(out_dir, 'figures', f'{r["stem"]}_seed{r["seed"]}')
+        if r.get('restored_from'):  # its records stayed on the machine that trained it
+            if osp.isdir(fig_dir):
+                written += sorted(osp.join(fig_dir, f) for f in os.listdir(fig_dir))
+            continue
         try:
-            written += plot_run(r['run_dir'], osp.join(out_dir, 'figures',
-                                                       f'{r["stem"]}_seed{r["seed"]}'))
+            written += plot_run(r['run_dir'], fig_dir)
         except (FileNotFoundError, ValueError) as e:
             log(f'[compare] no figures for {r["label"]}, seed {r["seed"]}: {e}')
     return written
@@ -408,8 +453,10 @@ def main(argv=None) -> int:
 
     if args.max_runs is not None and args.max_runs < 0:
         parser.error(f'--max-runs must be >= 0, got {args.max_runs}')
+    report = osp.join(args.out_dir, 'loss_comparison.json')
+    report_runs = json.load(open(report))['runs'] if osp.isfile(report) else []
     runs = run_all(configs, args.seeds, args.work_dir, options, args.density_interval, args.rerun,
-                   max_runs=args.max_runs)
+                   max_runs=args.max_runs, report_runs=report_runs)
     figures = plot_figures(runs, args.out_dir)
     md = write_report(summarize(runs), runs, args.out_dir, command, figures)
     print(open(md).read())

@@ -71,22 +71,16 @@ def load_compare(snapshot):
 
 
 def pending(step, snapshot, work_dir, skip, density_interval):
-    """(config, seed) of the step without an up-to-date result, seed by seed."""
+    """(config, seed) of the step without an up-to-date result, seed by seed (a run of the
+    experiment's committed table counts as finished: compare_losses restores it)."""
     compare = load_compare(snapshot)
-    out = []
-    for seed in step['seeds']:
-        for config in step['configs']:
-            stem = osp.splitext(osp.basename(config))[0]
-            if (stem, seed) in skip:
-                continue
-            run_dir = osp.join(work_dir, stem, f'seed{seed}')
-            path, _, _ = compare.prepare_run(osp.join(snapshot, config), seed, run_dir, {},
-                                             density_interval)
-            result = osp.join(run_dir, compare.RESULT_FILE)
-            if not (osp.isfile(result)
-                    and json.load(open(result)).get('config_sha1') == compare._sha1(path)):
-                out.append((stem, seed))
-    return out
+    report = osp.join(REPO, 'docs', 'experiments', step['experiment'], 'loss_comparison.json')
+    report_runs = json.load(open(report))['runs'] if osp.isfile(report) else []
+    runs = compare.run_all([osp.join(snapshot, c) for c in step['configs']], step['seeds'],
+                           work_dir, {}, density_interval, False, log=lambda *a: None,
+                           max_runs=0, report_runs=report_runs)
+    return [(r['stem'], r['seed']) for r in runs
+            if r.get('pending') and (r['stem'], r['seed']) not in skip]
 
 
 def commit(paths, message):
