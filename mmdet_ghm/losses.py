@@ -218,5 +218,22 @@ class GHMR(_GHMLoss):
         """
         reduction = self._reduction(reduction_override)
         x = ghmr_inputs(pred, target, label_weight)
-        return ghmr_loss(x.pred, x.target, x.label_weight, self.density,
-                         check_mu_for(self.mu, x.pred), self.loss_weight, reduction)
+        mu = check_mu_for(self.mu, x.pred)
+        # NaN / inf weights make mmdet's normalizer (their sum) NaN / inf: on the CPU a
+        # ValueError; synced, after the all-reduce that every rank joins (each skips the call)
+        on_cpu, synced = x.pred.device.type == 'cpu', self._syncs_with_other_ranks()
+        bad_here = on_cpu and x.label_weight is not None and not bool(
+            torch.isfinite(x.label_weight.sum(dtype=torch.float32)))
+        if bad_here and not synced:
+            raise GHMArgumentError(_weight_sum_message(here=True))
+        loss = ghmr_loss(x.pred, x.target, x.label_weight, self.density, mu, self.loss_weight,
+                         reduction)
+        if on_cpu and synced and bool(torch.isnan(loss).any()):  # only a skipped call, here
+            raise GHMArgumentError(_weight_sum_message(here=bad_here))
+        return loss
+
+
+def _weight_sum_message(here: bool) -> str:
+    where = '' if here else ' on another rank (sync_across_ranks)'
+    return (f'label_weight must be finite{where}: GHM-R normalizes by the sum of the weights (as '
+            "mmdet), which NaN or inf make NaN or inf; the EMA state is left untouched")

@@ -507,3 +507,26 @@ def test_integer_regression_targets_as_mmdet():
         ref_loss, ref_grad = _loss_and_grad(lambda p: ref(p, target, torch.ones(40, 4)), pred)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
         assert torch.equal(grad, ref_grad) and torch.equal(ours.acc_sum, ref.acc_sum)
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_ghmr_non_finite_weights_raise_or_skip_the_call(bad):
+    """NaN / inf weights make mmdet's normalizer (their sum) NaN / inf and its loss NaN, with the
+    state updated: the module raises on the CPU, the functional (and the Triton path, which
+    cannot raise without a host sync) returns NaN; the EMA state is kept in every case."""
+    pred, target = torch.randn(30, 4) * 0.1, torch.randn(30, 4) * 0.1
+    weight = torch.ones(30, 4)
+    loss = GHMR(bins=10, momentum=0.7)
+    loss(pred, target, weight)
+    state = loss.acc_sum.clone()
+    weight[2, 1] = bad
+    with pytest.raises(ValueError, match='^label_weight must be finite'):
+        loss(pred, target, weight)
+    assert torch.equal(loss.acc_sum, state)
+    for backend in ('cpu', 'triton'):
+        density = GradientDensity(10, 0.7, 1e3)
+        ghmr_loss(pred, target, torch.ones(30, 4), density, backend=backend)
+        state = density.acc_sum.clone()
+        for reduction in ('mean', 'none'):
+            out = ghmr_loss(pred, target, weight, density, reduction=reduction, backend=backend)
+            assert torch.isnan(out).all() and torch.equal(density.acc_sum, state)

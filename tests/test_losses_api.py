@@ -196,35 +196,43 @@ def test_ghmr_bad_inputs():
     assert not loss.density.acc_sum.any()
 
 
-def _bad_labels_worker(rank, init_file, out_dir):
+def _bad_input_worker(rank, init_file, out_dir, fn):
     import os
 
     import torch.distributed as dist
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
-    loss = GHMC(bins=10, momentum=0.75, sync_across_ranks=True)
-    pred, labels = torch.randn(16, 3), torch.randint(0, 4, (16,))
-    loss(pred, labels)
+    if fn == 'labels':
+        loss = GHMC(bins=10, momentum=0.75, sync_across_ranks=True)
+        pred, labels = torch.randn(16, 3), torch.randint(0, 4, (16,))
+        good = lambda: loss(pred, labels.clamp(max=3))  # noqa: E731
+        bad = lambda: loss(pred, torch.where(torch.arange(16) == 3, 7, labels))  # noqa: E731
+    else:
+        loss = GHMR(bins=10, momentum=0.7, sync_across_ranks=True)
+        pred, target, weight = torch.randn(16, 4) * 0.1, torch.zeros(16, 4), torch.ones(16, 4)
+        good = lambda: loss(pred, target, weight)  # noqa: E731
+        bad = lambda: loss(pred, target, torch.where(torch.arange(4) == 2, float('nan'),  # noqa
+                                                     weight))
+    good()
     state = loss.acc_sum.clone()
-    if rank == 1:
-        labels[3] = 7
     errors = []
     try:
-        loss(pred, labels)
+        bad() if rank == 1 else good()
     except ValueError as error:
         errors.append(str(error))
     unchanged = torch.equal(loss.acc_sum, state)
-    after = loss(pred, labels.clamp(max=3))  # the group is still usable
+    after = good()  # the group is still usable
     torch.save({'errors': errors, 'unchanged': unchanged, 'after': after},
                os.path.join(out_dir, f'{rank}.pt'))
     dist.destroy_process_group()
 
 
-def test_bad_labels_on_one_rank_raise_on_every_rank_under_sync(tmp_path):
+@pytest.mark.parametrize('fn', ['labels', 'reg_weight'])
+def test_bad_input_on_one_rank_raises_on_every_rank_under_sync(tmp_path, fn):
     """Synced, a rank that raised alone would leave the other in the all-reduce."""
     import time
 
     import torch.multiprocessing as mp
-    context = mp.spawn(_bad_labels_worker, args=(str(tmp_path / 'init'), str(tmp_path)),
+    context = mp.spawn(_bad_input_worker, args=(str(tmp_path / 'init'), str(tmp_path), fn),
                        nprocs=2, join=False)
     deadline = time.monotonic() + 120
     while not context.join(timeout=1):
@@ -235,6 +243,7 @@ def test_bad_labels_on_one_rank_raise_on_every_rank_under_sync(tmp_path):
     for rank in (0, 1):
         result = torch.load(tmp_path / f'{rank}.pt', weights_only=True)
         assert len(result['errors']) == 1, rank
-        assert result['errors'][0].startswith(r'target: labels must lie in [0, 3]')
+        assert result['errors'][0].startswith('target: labels must lie in [0, 3]' if fn == 'labels'
+                                              else 'label_weight must be finite')
         assert ('another rank' in result['errors'][0]) == (rank == 0)
         assert result['unchanged'] and torch.isfinite(result['after'])

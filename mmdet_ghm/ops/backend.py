@@ -97,8 +97,8 @@ class GHMBackend(abc.ABC):
         ``loss_weight``, ``tot`` (0-dim float32 normalizer, or None for the number of valid
         elements), ``poison`` (0-dim bool or None) and, where the backend may read device values
         on the host, ``can_raise`` with ``non_finite_message``. The call is rejected (NaN loss,
-        state untouched) when a valid element's loss is not finite or poison is set; a backend
-        that can raise raises ValueError instead for the former.
+        state untouched) when a valid element's loss is not finite, ``tot`` is not finite or
+        poison is set; a backend that can raise raises ValueError instead for the first.
 
         This implementation is PyTorch ops on the counts' device, with ``sync_across_ranks``
         (counts, tot and the flags in one all-reduce) and every density option."""
@@ -110,7 +110,7 @@ class GHMBackend(abc.ABC):
                else call.tot.float())
         flags = torch.stack([non_finite, poisoned]).double()
         slot_counts, tot, flags, world_size = density.synchronize(slot_counts, tot, flags)
-        skip = flags.sum() > 0
+        skip = (flags.sum() > 0) | ~torch.isfinite(tot)  # tot: GHM-R weights with NaN / inf
         if call.can_raise and bool(flags[0] > 0):  # CPU: a read of a small host tensor
             raise ValueError(call.non_finite_message(bool(non_finite)))
         tot = tot.clamp(min=1.0)

@@ -367,7 +367,8 @@ def ghm_weigh_kernel(counts_ptr, sums_ptr, acc_ptr, updates_ptr, tot_ptr, poison
                      CDT: tl.constexpr):
     """Everything between the histogram and the backward in one program (one launch instead of
     some 40 small ops), with :meth:`GradientDensity.update`'s rounding: the EMA state updated in
-    place, the slot weights, the skip flag (non-finite loss sums of a valid element, or poison),
+    place, the slot weights, the skip flag (non-finite loss sums of a valid element, a
+    non-finite tot, or poison),
     and for a reduced loss (REDUCTION 1 'mean', 2 'sum') the loss and the divisor the backward
     divides by. ``keep`` is the Python double ``1 - momentum``."""
     idx = tl.arange(0, SLOTS_P2)
@@ -383,6 +384,7 @@ def ghm_weigh_kernel(counts_ptr, sums_ptr, acc_ptr, updates_ptr, tot_ptr, poison
     else:
         tot = tl.load(tot_ptr).to(tl.float32)
     tot = tl.where(tot != tot, tot, tl.maximum(tot, 1.0))  # clamp(min=1) keeps NaN
+    skip = skip | (tot != tot) | (tot == float('inf'))  # GHM-R weights with NaN / inf
     nonempty = counts > 0
     num_nonempty = tl.maximum(tl.sum(nonempty.to(tl.int32), axis=0), 1).to(tl.float32)
     if EMA:
