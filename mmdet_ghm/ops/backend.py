@@ -155,5 +155,5 @@ class GHMBackend(abc.ABC):
         """The caller's tensors other than pred (or views sharing their version counter) that
         :meth:`grad` reads again. The Function saves them for backward, so that autograd
         rejects one modified in place after the forward instead of a gradient computed from the
-        modified values. None by default."""
+        modified values. None by default: a backend that keeps what it needs reads nothing."""
         return ()
