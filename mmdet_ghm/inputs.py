@@ -116,6 +116,13 @@ def _rows(shape: torch.Size) -> int:
     return math.prod(shape[:-1]) if len(shape) else 1
 
 
+def _wide_enough(labels: Tensor, num_classes: int) -> Tensor:
+    """Labels in a dtype that holds ``num_classes`` (the background label): PyTorch casts a
+    Python int compared with a tensor to the tensor's dtype, so uint8 labels with C >= 256 would
+    wrap (mmdet's one-hot then drops their classes)."""
+    return labels if torch.iinfo(labels.dtype).max >= num_classes else labels.long()
+
+
 def labels_message(num_classes: int, here: bool, quality: bool = False) -> str:
     where = 'got values outside' if here else 'got values outside on another rank'
     scores = ' and quality scores in [0, 1]' if quality else ''
@@ -141,6 +148,7 @@ def _quality_target(pred: Tensor, target: tuple, check_now: bool):
             f'scores (N,), got pred {tuple(pred.shape)}, labels {_describe(labels)}, scores '
             f'{_describe(scores)}')
     num_classes = pred.shape[1]
+    labels = _wide_enough(labels, num_classes)
     bad_labels = ((labels < 0) | (labels > num_classes)).any()
     bad_scores = ~((scores >= 0) & (scores <= 1)).all()  # NaN too
     poison = None
@@ -202,7 +210,7 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
             raise GHMArgumentError(
                 f'target: integer labels need pred of shape (N, C) and labels of shape (N,), got '
                 f'pred {tuple(shape)} and labels {tuple(target.shape)}')
-        labels = target
+        labels = _wide_enough(target, num_classes)
         out_of_range = ((labels < 0) | (labels > num_classes)).any()
         if check_labels_now and pred.device.type == 'cpu':
             if out_of_range:

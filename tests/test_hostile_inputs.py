@@ -530,3 +530,50 @@ def test_ghmr_non_finite_weights_raise_or_skip_the_call(bad):
         for reduction in ('mean', 'none'):
             out = ghmr_loss(pred, target, weight, density, reduction=reduction, backend=backend)
             assert torch.isnan(out).all() and torch.equal(density.acc_sum, state)
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'triton'])
+def test_narrow_label_dtypes_mean_the_same_classes(backend):
+    """uint8 labels with C >= 256 (int8 with C >= 128): PyTorch compares them with C in their
+    own dtype, where C wraps (mmdet's one-hot then drops those classes). They mean what int64
+    labels mean, also in a (labels, scores) pair."""
+    from mmdet_ghm.inputs import ghmc_inputs
+
+    def run(p, target, backend):
+        density = GradientDensity(30, 0.75)
+        i = ghmc_inputs(p, target, None)
+        return ghmc_loss(i.pred, i.labels, i.soft_target, None, density, backend=backend)
+
+    scores = torch.rand(6)
+    for classes, labels, dtype in ((300, [5, 250, 255, 0, 17, 128], torch.uint8),
+                                   (150, [3, 100, 120, 127, 0, 7], torch.int8)):
+        pred, wide = torch.randn(6, classes) * 2, torch.tensor(labels)
+        for target, narrow in ((wide, wide.to(dtype)), ((wide, scores), (wide.to(dtype), scores))):
+            got = _loss_and_grad(lambda p: run(p, narrow, backend), pred)
+            ref = _loss_and_grad(lambda p: run(p, target, 'cpu'), pred)
+            torch.testing.assert_close(got[0], ref[0], rtol=1e-6, atol=0)
+            torch.testing.assert_close(got[1], ref[1], rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match='labels must lie'):  # still checked, now in int64
+        GHMC()(torch.randn(2, 300), torch.tensor([5, 301]).to(torch.int16))
+
+
+@pytest.mark.parametrize('fn', ['cls_row', 'cls_elem', 'reg'])
+def test_half_precision_weights_on_the_triton_path(fn):
+    """bfloat16 / float16 weights, negative and -0.0 among them: invalid, as on the CPU."""
+    values = torch.tensor([1.0, -1.0, -0.0, 0.5, 0.0, 2.0])
+    pred, target = torch.randn(6, 4) * 0.1, torch.zeros(6, 4)
+    logits, labels = torch.randn(6, 5) * 2, torch.tensor([0, 1, 5, 2, 3, 4])
+    for dtype in (torch.bfloat16, torch.float16):
+        results = []
+        for backend in ('cpu', 'triton'):
+            if fn == 'reg':
+                weight = values[:, None].expand(6, 4).to(dtype).contiguous()
+                results.append(_loss_and_grad(lambda p: ghmr_loss(
+                    p, target, weight, GradientDensity(10, 0.7, 1e3), backend=backend), pred))
+            else:
+                weight = (values if fn == 'cls_row' else values[:, None].expand(6, 5)).to(dtype)
+                results.append(_loss_and_grad(lambda p: ghmc_loss(
+                    p, labels, None, weight.contiguous(), GradientDensity(10, 0.75),
+                    backend=backend), logits))
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-6, atol=1e-9)

@@ -70,6 +70,11 @@ def _compile_all() -> dict:
                               dict(reg, BLOCK=P.HIST_BLOCK, BLOCKS=P.HIST_BLOCKS, SLOTS_P2=16),
                               num_warps=P.HIST_WARPS, enable_fp_fusion=P.REG_FP_FUSION),
         'ghmr_grad': ptx(K.ghmr_grad_kernel, common, dict(reg, ELEMENTWISE=True), **reg_options),
+        # half-precision weights (_positive widens them first): compile for the GPU too
+        'ghmc_grad_bf16_weight': ptx(K.ghmc_grad_kernel, dict(common, weight_ptr='*bf16'),
+                                     dict(cls, ELEMENTWISE=True), **cls_options),
+        'ghmr_grad_fp16_weight': ptx(K.ghmr_grad_kernel, dict(common, weight_ptr='*fp16'),
+                                     dict(reg, ELEMENTWISE=True), **reg_options),
         'ghmr_elementwise_loss': ptx(K.ghmr_elementwise_loss_kernel, common, reg, **reg_options),
         'ghmc_histogram_f64': ptx(K.ghmc_histogram_kernel, dict(
             common, pred_ptr='*fp64', sums_part_ptr='*fp64'), dict(cls_hist, CDT=tl.float64),

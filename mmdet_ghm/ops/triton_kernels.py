@@ -113,6 +113,15 @@ def _block(pid, numel, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _positive(w):
+    """``w > 0`` on w's value: a half-precision weight is widened first (the interpreter would
+    compare a bfloat16's bits); on a GPU the widening is exact and free."""
+    if w.dtype == tl.bfloat16 or w.dtype == tl.float16:
+        w = w.to(tl.float32)
+    return w > 0
+
+
+@triton.jit
 def _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
                 C: tl.constexpr, LABELS: tl.constexpr, WEIGHT: tl.constexpr,
                 CDT: tl.constexpr):
@@ -129,9 +138,9 @@ def _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
     else:
         t = tl.load(target_ptr + base + lane, mask=mask, other=0).to(CDT)
     if WEIGHT == 1:
-        valid = mask & (tl.load(weight_ptr + row, mask=mask, other=0) > 0)
+        valid = mask & _positive(tl.load(weight_ptr + row, mask=mask, other=0))
     elif WEIGHT == 2:
-        valid = mask & (tl.load(weight_ptr + base + lane, mask=mask, other=0) > 0)
+        valid = mask & _positive(tl.load(weight_ptr + base + lane, mask=mask, other=0))
     else:
         valid = mask
     return x, t, valid
@@ -282,7 +291,7 @@ def _reg_inputs(pred_ptr, target_ptr, weight_ptr, base, lane, mask, mu_sq,
     else:
         r = tl.sqrt_rn(r2)
     if HAS_WEIGHT:
-        valid = mask & (tl.load(weight_ptr + base + lane, mask=mask, other=0) > 0)
+        valid = mask & _positive(tl.load(weight_ptr + base + lane, mask=mask, other=0))
     else:
         valid = mask
     return d, r, valid
