@@ -53,6 +53,23 @@ def check_mu(mu) -> float:
     return check_real('mu', mu, 'a finite float > 0', lambda m: 0.0 < m < math.inf)
 
 
+def check_mu_for(mu, pred: Tensor) -> float:
+    """``mu`` for pred's compute dtype (float64, else float32): mmdet adds the double ``mu * mu``
+    rounded to it, and a square that underflows to 0 (g = 0 / 0 where pred == target) or
+    overflows leaves no meaningful loss or gradient."""
+    mu = check_mu(mu)
+    dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    square = float(torch.tensor(mu * mu, dtype=dtype))
+    if not 0.0 < square < math.inf:
+        limits = torch.finfo(dtype)
+        smallest = limits.smallest_normal * limits.eps  # the smallest subnormal
+        raise GHMArgumentError(
+            f'mu must be a float whose square {dtype} holds, about '
+            f'[{math.sqrt(smallest):.2g}, {math.sqrt(limits.max):.2g}] (for pred of dtype '
+            f'{pred.dtype}), got {mu!r}: mu * mu rounds to {square}')
+    return mu
+
+
 def check_loss_weight(loss_weight) -> float:
     return check_real('loss_weight', loss_weight, 'a finite float', math.isfinite)
 
@@ -197,7 +214,7 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
                 raise GHMArgumentError(
                     f'label_weight must have shape {tuple(shape)}, ({rows},) or ({rows}, 1) '
                     f'(or be None), got {tuple(label_weight.shape)}')
-            label_weight = label_weight.reshape(rows)
+            label_weight = label_weight.reshape(rows)  # per row
     else:
         if target.shape != shape:
             raise GHMArgumentError(f'target must have the shape of pred {tuple(shape)} (or be '
@@ -207,7 +224,7 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
         if label_weight is not None and label_weight.shape != shape:
             row_shape = shape[:-1]
             if label_weight.shape == row_shape and not _broadcasts_to(label_weight.shape, shape):
-                label_weight = label_weight.reshape(rows)
+                label_weight = label_weight.reshape(rows)  # per row
             elif _broadcasts_to(label_weight.shape, shape):
                 tot = (label_weight > 0).sum().to(torch.float32)
                 label_weight = label_weight.expand(shape)
@@ -216,7 +233,7 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
                     f'label_weight must have pred\'s shape {tuple(shape)}, its rows\' '
                     f'{tuple(row_shape)} or broadcast to it (or be None), '
                     f'got {tuple(label_weight.shape)}')
-    if label_weight is not None and label_weight.dim() != 1:
+    if label_weight is not None and label_weight.shape == shape:  # per element, even 1-D pred
         label_weight = label_weight.reshape(rows, num_classes)
     return GHMCInputs(pred.reshape(rows, num_classes), labels, soft_target, label_weight, tot,
                       poison, shape)
@@ -229,13 +246,16 @@ class GHMRInputs(NamedTuple):
 
 
 def ghmr_inputs(pred, target, label_weight) -> GHMRInputs:
-    """GHM-R's inputs: ``target`` of pred's shape, ``label_weight`` None, pred's shape or any
-    shape that broadcasts to it (mmdet's normalizer: the sum of the weight as given)."""
+    """GHM-R's inputs: ``target`` of pred's shape (floating, or integer: promoted to pred's dtype,
+    as mmdet's ``pred - target``), ``label_weight`` None, pred's shape or any shape that
+    broadcasts to it (mmdet's normalizer: the sum of the weight as given)."""
     pred = _check_pred(pred, 'box regressions')
     target = _check_tensor('target', target, pred)
+    if target.dtype == torch.bool:
+        raise GHMArgumentError(f'target must be a tensor of regression targets (floating or '
+                               f'integer), got {target.dtype}')
     if not torch.is_floating_point(target):
-        raise GHMArgumentError(f'target must be a floating-point tensor of regression targets, '
-                               f'got {target.dtype}')
+        target = target.to(pred.dtype)
     if target.shape != pred.shape:
         raise GHMArgumentError(f'target must have the shape of pred {tuple(pred.shape)}, '
                                f'got {tuple(target.shape)}')

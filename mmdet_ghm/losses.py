@@ -7,6 +7,7 @@ labels never become one-hot N x C tensors, soft float targets work, ``avg_factor
 both, ``reduction='sum'`` works, every input dtype is computed in float32, CUDA tensors run fused
 Triton kernels, and nothing syncs with the device.
 """
+import warnings
 from typing import Optional
 
 import torch
@@ -20,7 +21,8 @@ from mmdet.registry import MODELS
 
 from .density import GradientDensity
 from .inputs import (GHMArgumentError, check_bins, check_flag, check_loss_weight, check_momentum,
-                     check_mu, check_reduction, ghmc_inputs, ghmr_inputs, labels_message)
+                     check_mu, check_mu_for, check_reduction, ghmc_inputs, ghmr_inputs,
+                     labels_message)
 from .ops.function import ghmc_loss, ghmr_loss
 
 __all__ = ['GHMC', 'GHMR', 'GHMArgumentError']
@@ -149,17 +151,19 @@ class GHMC(_GHMLoss):
             avg_factor: accepted for mmdet's call sites and ignored: GHM-C normalizes by the
                 number of valid elements, as mmdet's GHMC does.
             weight: the name mmdet's other classification losses give ``label_weight`` (GFL,
-                YOLOv3 and VFNet pass ``weight=``); give one of the two.
+                YOLOv3 and VFNet pass ``weight=``); used when ``label_weight`` is None, else
+                ignored with a warning (mmdet's GHMC ignores it).
 
         Returns:
             float32 loss: 0-dim, or pred's shape for 'none'.
         """
         reduction = self._reduction(reduction_override)
         if weight is not None:
-            if label_weight is not None:
-                raise GHMArgumentError('weight: give label_weight or weight (its name in '
-                                       "mmdet's other losses), not both")
-            label_weight = weight
+            if label_weight is None:
+                label_weight = weight
+            elif weight is not label_weight:  # mmdet's GHMC takes label_weight and drops weight
+                warnings.warn('GHMC got both label_weight and weight: weight is ignored, as in '
+                              "mmdet's GHMC", stacklevel=2)
         # Synced on the CPU, bad labels on one rank travel in the all-reduce as poison, and then
         # every rank raises (one rank raising alone would leave the others in the collective).
         deferred = isinstance(pred, Tensor) and pred.device.type == 'cpu' \
@@ -214,5 +218,5 @@ class GHMR(_GHMLoss):
         """
         reduction = self._reduction(reduction_override)
         x = ghmr_inputs(pred, target, label_weight)
-        return ghmr_loss(x.pred, x.target, x.label_weight, self.density, check_mu(self.mu),
-                         self.loss_weight, reduction)
+        return ghmr_loss(x.pred, x.target, x.label_weight, self.density,
+                         check_mu_for(self.mu, x.pred), self.loss_weight, reduction)

@@ -430,5 +430,7 @@ def test_weight_keyword_and_mmdet_weight_shapes():
     flat = (torch.rand(30 * 5) > 0.3).float()  # FSAF's per-class weights flattened to N*C
     with pytest.raises(ValueError, match='^label_weight'):
         GHMC(10)(pred[0], torch.randint(0, 6, (30,)), flat)
-    with pytest.raises(ValueError, match='not both'):
-        GHMC(10)(pred, target, rows, weight=rows)
+    # both: mmdet's GHMC takes label_weight and drops weight (**kwargs); a warning says so
+    with pytest.warns(UserWarning, match='weight is ignored'):
+        both = GHMC(10)(pred, target, rows, weight=torch.ones_like(rows))
+    assert torch.equal(both, ours)

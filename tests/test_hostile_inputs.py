@@ -414,3 +414,96 @@ def test_non_finite_ignored_elements_give_zero_gradient_and_loss(fn):
         assert p.grad[2, 1] == 0 and p.grad[5, 0] == 0
         if reduction == 'none':
             assert loss[2, 1] == 0 and loss[5, 0] == 0
+
+
+def test_one_dimensional_pred_with_element_weights_equals_mmdet():
+    """pred (N,) with a target and a weight of its shape: every element its own weight (not the
+    first element's for all, as a per-row weight of one row would be)."""
+    pred, target = torch.randn(30) * 3, torch.rand(30)
+    weight = (torch.rand(30) > 0.5).float()
+    weight[0] = 0.0
+    onehot = (torch.rand(30) > 0.7).long()
+    for tgt in (target, onehot):
+        ours, ref = GHMC(10, 0.75), MMDetGHMC(bins=10, momentum=0.75)
+        for _ in range(2):
+            loss, grad = _loss_and_grad(lambda p: ours(p, tgt, weight), pred)
+            ref_loss, ref_grad = _loss_and_grad(lambda p: ref(p, tgt, weight), pred)
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+            assert torch.equal(grad, ref_grad) and torch.equal(ours.acc_sum, ref.acc_sum)
+        elementwise = GHMC(10)(pred, tgt, weight, reduction_override='none')
+        assert elementwise.shape == (30,) and not elementwise[weight == 0].any()
+
+
+@pytest.mark.parametrize('fn', ['cls', 'reg'])
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_target_gradient_equals_mmdets(fn, reduction):
+    """A target that requires grad gets mmdet's gradient (autograd's through mmdet's loss),
+    also when it is the only input that does."""
+    if fn == 'cls':
+        pred, target = torch.randn(60, 6) * 3, torch.rand(60, 6)
+        weight = (torch.rand(60, 6) > 0.2).float()
+        ours, ref = GHMC(10, 0.75, reduction=reduction), MMDetGHMC(10, 0.75, reduction=reduction)
+    else:
+        pred, target = torch.randn(60, 4) * 0.1, torch.randn(60, 4) * 0.1
+        weight = (torch.rand(60, 4) > 0.3).float()
+        ours, ref = GHMR(bins=10, momentum=0.7, reduction=reduction), \
+            MMDetGHMR(bins=10, momentum=0.7, reduction=reduction)
+    grad_out = torch.rand(pred.shape) if reduction == 'none' else torch.tensor(1.7)
+    for _ in range(2):
+        grads = []
+        for loss in (ours, ref):
+            p, t = pred.clone().requires_grad_(), target.clone().requires_grad_()
+            loss(p, t, weight).backward(grad_out)
+            grads.append((p.grad, t.grad))
+        assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+        assert grads[0][1].abs().sum() > 0
+    t = target.clone().requires_grad_()
+    ours(pred, t, weight).backward(grad_out)  # pred without grad: the target's gradient only
+    ref_t = target.clone().requires_grad_()
+    ref(pred, ref_t, weight).backward(grad_out)
+    assert torch.equal(t.grad, ref_t.grad)
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'triton'])
+@pytest.mark.parametrize('fn', ['soft', 'labels', 'weight', 'reg', 'reg_weight'])
+def test_inputs_modified_in_place_before_backward(backend, fn):
+    """An input the backward reads again, modified in place after the forward: autograd's error
+    (mmdet's GHMC raises for its target too), never a gradient from the modified values. One
+    the backward does not read again (the CPU backend keeps labels and validity) gives the
+    gradient of the values the forward saw."""
+    pred = torch.randn(40, 4) * 2
+    labels, target = torch.randint(0, 5, (40,)), torch.rand(40, 4)
+    weight = (torch.rand(40, 4) > 0.3).float()
+    if fn in ('soft', 'labels', 'weight'):
+        tgt = target if fn == 'soft' else labels
+        run = lambda p: ghmc_loss(p, tgt if fn != 'soft' else None,  # noqa: E731
+                                  tgt if fn == 'soft' else None, weight, GradientDensity(10),
+                                  backend=backend)
+        changed = {'soft': target, 'labels': labels, 'weight': weight}[fn]
+    else:
+        run = lambda p: ghmr_loss(p, target, weight, GradientDensity(10, 0, 1e3),  # noqa: E731
+                                  backend=backend)
+        changed = target if fn == 'reg' else weight
+    expected = _loss_and_grad(run, pred)[1]
+    p = pred.clone().requires_grad_()
+    loss = run(p)
+    changed.mul_(0).add_(1)  # values that would change the gradient
+    reread = backend == 'triton' or fn in ('soft', 'reg')
+    if reread:
+        with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+            loss.backward()
+    else:
+        loss.backward()
+        assert torch.equal(p.grad, expected)
+
+
+def test_integer_regression_targets_as_mmdet():
+    """mmdet's ``pred - target`` promotes integer targets to pred's dtype; bool ones it
+    refuses, and so do we (ValueError)."""
+    pred, target = torch.randn(40, 4) * 2, torch.randint(-3, 4, (40, 4))
+    ours, ref = GHMR(bins=10, momentum=0.7), MMDetGHMR(bins=10, momentum=0.7)
+    for _ in range(2):
+        loss, grad = _loss_and_grad(lambda p: ours(p, target), pred)
+        ref_loss, ref_grad = _loss_and_grad(lambda p: ref(p, target, torch.ones(40, 4)), pred)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+        assert torch.equal(grad, ref_grad) and torch.equal(ours.acc_sum, ref.acc_sum)

@@ -175,7 +175,7 @@ def test_ghmr_bad_inputs():
     pred = torch.randn(8, 4)
     cases = [
         ((pred.int(), pred), '^pred must be a floating-point'),
-        ((pred, pred.int()), '^target must be a floating-point'),
+        ((pred, pred > 0), '^target must be a tensor of regression targets'),  # mmdet too
         ((pred, (pred,)), '^target must be a tensor'),
         ((pred, pred[:, :2]), '^target must have the shape'),
         ((pred, pred, torch.ones(8)), "^label_weight must have pred's shape"),
@@ -186,6 +186,14 @@ def test_ghmr_bad_inputs():
             loss(*args)
     with pytest.raises(ValueError, match='^reduction_override must be one of'):
         loss(pred, pred, reduction_override=True)
+    # mu whose square float32 cannot hold: g = 0 / 0 where pred == target (mmdet: a NaN
+    # gradient), or an infinite loss
+    for mu in (1e-30, 1e20):
+        with pytest.raises(ValueError, match='^mu must be a float whose square torch.float32'):
+            GHMR(mu=mu)(pred, pred)
+    # float64 holds 1e-60: mmdet's numbers there
+    GHMR(mu=1e-30)(pred.double(), pred.double() + 1)
+    assert not loss.density.acc_sum.any()
 
 
 def _bad_labels_worker(rank, init_file, out_dir):

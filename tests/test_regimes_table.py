@@ -11,9 +11,10 @@ table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(table)
 
 
-def _report(path, cells):
+def _report(path, cells, map75_shift=None):
+    shift = map75_shift or {}
     runs = [dict(stem='retinanet_r18-tiny_fpn_' + stem, label=stem, seed=seed,
-                 metrics={'coco/bbox_mAP': m, 'coco/bbox_mAP_75': m - 0.1})
+                 metrics={'coco/bbox_mAP': m, 'coco/bbox_mAP_75': m - shift.get(stem, 0.1)})
             for stem, maps in cells.items() for seed, m in enumerate(maps)]
     path.write_text(json.dumps(dict(runs=runs)))
     return str(path)
@@ -48,3 +49,16 @@ def test_fewer_than_three_seeds_is_not_decided(tmp_path):
     delta, se, reading = table.compare(cells, 'diff', ('ghmc-batch_shapes', 'ghmc_shapes'), 0.01)
     assert math.isclose(delta, 0.08) and se is None
     assert reading == 'not decided: ghmc-batch_shapes has 1 seed(s)'
+
+
+def test_map75_reading(tmp_path):
+    """E2's second condition reads mAP@0.75: here GHM-R is above in bbox mAP, below at 0.75."""
+    cells = table.load_cells([_report(tmp_path / 'a.json', {
+        'focal-ghmr_shapes-jitter20': [0.70, 0.71, 0.72],
+        'focal_shapes-jitter20': [0.60, 0.61, 0.62]},
+        map75_shift={'focal-ghmr_shapes-jitter20': 0.3})])
+    stems = ('focal-ghmr_shapes-jitter20', 'focal_shapes-jitter20')
+    assert table.compare(cells, 'diff', stems, 0.01)[2] == 'above'
+    delta, _, reading = table.compare(cells, 'diff', stems, 0.01, 'map75')
+    assert math.isclose(delta, -0.1) and reading == 'below'
+    assert '| E2 | GHM-R vs smooth L1 under jitter, in mAP@0.75 | -0.100 |' in table.render(cells)

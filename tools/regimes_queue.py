@@ -79,8 +79,11 @@ def pending(step, snapshot, work_dir, skip, density_interval):
     runs = compare.run_all([osp.join(snapshot, c) for c in step['configs']], step['seeds'],
                            work_dir, {}, density_interval, False, log=lambda *a: None,
                            max_runs=0, report_runs=report_runs)
-    return [(r['stem'], r['seed']) for r in runs
+    # run_all lists them config by config; compare_losses trains them seed by seed
+    stems = [osp.splitext(osp.basename(c))[0] for c in step['configs']]
+    todo = [(r['stem'], r['seed']) for r in runs
             if r.get('pending') and (r['stem'], r['seed']) not in skip]
+    return sorted(todo, key=lambda run: (step['seeds'].index(run[1]), stems.index(run[0])))
 
 
 def commit(paths, message):

@@ -23,8 +23,9 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STEM = 'retinanet_r18-tiny_fpn_{}'
 SEEDS_NEEDED = 3
 
-# (claim, kind, cells, threshold, reading): kind 'diff' compares A - B; kind 'noise' compares
-# (A_clean - A_noisy) - (B_clean - B_noisy), the loss of A to the noise minus that of B.
+# (claim, kind, cells, threshold, reading[, metric]): kind 'diff' compares A - B; kind 'noise'
+# compares (A_clean - A_noisy) - (B_clean - B_noisy), the loss of A to the noise minus that of B;
+# metric 'maps' (bbox mAP, the default) or 'map75' (mAP@0.75).
 COMPARISONS = [
     ('E3', 'diff', ('ghmc-batch_shapes', 'ghmc_shapes'), 0.01,
      'batch-wide vs per-level GHM-C + smooth L1'),
@@ -45,6 +46,8 @@ COMPARISONS = [
      0.02, 'smooth L1\'s loss to 20 % jittered boxes minus GHM-R\'s (focal cls)'),
     ('E2', 'diff', ('focal-ghmr_shapes-jitter20', 'focal_shapes-jitter20'), 0.01,
      'GHM-R vs smooth L1 under jitter'),
+    ('E2', 'diff', ('focal-ghmr_shapes-jitter20', 'focal_shapes-jitter20'), 0.01,
+     'GHM-R vs smooth L1 under jitter, in mAP@0.75', 'map75'),
     ('E4', 'diff', ('ghmc-pretrained_shapes', 'focal-pretrained_shapes'), 0.01,
      'pretrained: GHM-C vs focal loss'),
     ('E4', 'diff', ('ghmc-pretrained_shapes', 'ce-pretrained_shapes'), 0.01,
@@ -91,20 +94,20 @@ def verdict(delta, se, threshold):
     return 'no measurable difference'
 
 
-def compare(cells, kind, stems, threshold):
+def compare(cells, kind, stems, threshold, metric='maps'):
     """(delta, se, verdict or what is missing)."""
-    missing = [s for s in stems if len(cells.get(STEM.format(s), {}).get('maps', {}))
+    missing = [s for s in stems if len(cells.get(STEM.format(s), {}).get(metric, {}))
                < SEEDS_NEEDED]
     have = [STEM.format(s) in cells for s in stems]
     if not all(have):
         return None, None, 'missing: ' + ', '.join(
-            f'{s} ({len(cells.get(STEM.format(s), {}).get("maps", {}))} seeds)' for s in missing)
-    stats = [_stats(cells[STEM.format(s)]['maps'].values()) for s in stems]
+            f'{s} ({len(cells.get(STEM.format(s), {}).get(metric, {}))} seeds)' for s in missing)
+    stats = [_stats(cells[STEM.format(s)][metric].values()) for s in stems]
     sign = [1, -1] if kind == 'diff' else [1, -1, -1, 1]
     delta = sum(k * m for k, (m, _, _) in zip(sign, stats))
     if missing or any(sd is None for _, sd, _ in stats):
         return delta, None, 'not decided: ' + ', '.join(
-            f'{s} has {len(cells[STEM.format(s)]["maps"])} seed(s)' for s in missing)
+            f'{s} has {len(cells[STEM.format(s)][metric])} seed(s)' for s in missing)
     se = math.sqrt(sum(sd ** 2 / n for _, sd, n in stats))
     return delta, se, verdict(delta, se, threshold)
 
@@ -120,10 +123,10 @@ def render(cells) -> str:
         lines.append(f'| `{stem[len(STEM.format("")):]}` | {c["label"]} | '
                      f'{", ".join(map(str, sorted(c["maps"])))} | {fmt(m, sd)} | '
                      f'{fmt(*m75[:2]) if m75 else "n/a"} | `{c["source"]}` |')
-    lines += ['', '| claim | comparison | Δ bbox mAP | SE | threshold | reading |',
+    lines += ['', '| claim | comparison | Δ (bbox mAP unless named) | SE | threshold | reading |',
               '|---|---|---|---|---|---|']
-    for claim, kind, stems, threshold, text in COMPARISONS:
-        delta, se, reading = compare(cells, kind, stems, threshold)
+    for claim, kind, stems, threshold, text, *metric in COMPARISONS:
+        delta, se, reading = compare(cells, kind, stems, threshold, *metric)
         lines.append(f'| {claim} | {text} | {"n/a" if delta is None else f"{delta:+.3f}"} | '
                      f'{"n/a" if se is None else f"{se:.3f}"} | {threshold} | {reading} |')
     lines += ['', '| ablation (seed 0) | base | Δ bbox mAP | reading |', '|---|---|---|---|']

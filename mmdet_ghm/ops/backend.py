@@ -150,3 +150,10 @@ class GHMBackend(abc.ABC):
         ``sigmoid(x) - t`` for GHM-C, ``d / sqrt(d^2 + mu^2)`` (in autograd's rounding order)
         for GHM-R.
         """
+
+    def backward_reads(self) -> Tuple[Tensor, ...]:
+        """The caller's tensors other than pred (or views sharing their version counter) that
+        :meth:`grad` reads again. The Function saves them for backward, so that autograd
+        rejects one modified in place after the forward instead of a gradient computed from the
+        modified values. None by default."""
+        return ()

@@ -197,6 +197,9 @@ class ClassificationCPU(GHMBackend):
     def _chunks(self):
         return [(a, min(a + CHUNK, self.numel)) for a in range(0, self.numel, CHUNK)]
 
+    def backward_reads(self) -> Tuple[Tensor, ...]:
+        return () if self.target is None else (self.target,)  # labels: kept as positives
+
     def _valid(self, a: int, b: int) -> Optional[Tensor]:
         if self.element_valid is not None:
             return self.element_valid[a:b]
@@ -343,6 +346,9 @@ class RegressionCPU(GHMBackend):
         self.mu_sq = mu_squared(self.mu, self.dtype)
         self.slots: Optional[Tensor] = None
         self.invalid_not_finite = False
+
+    def backward_reads(self) -> Tuple[Tensor, ...]:
+        return (self.target,)  # validity: kept in the slots
 
     def _diff_root(self) -> Tuple[Tensor, Tensor]:
         d = self.pred.to(self.dtype) - self.target.to(self.dtype)

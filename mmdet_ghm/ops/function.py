@@ -56,10 +56,13 @@ class _Call:
 
 
 class GHMFunction(torch.autograd.Function):
-    """Loss of one GHM call (see the module docstring); ``call`` is a :class:`_Call`."""
+    """Loss of one GHM call (see the module docstring); ``call`` is a :class:`_Call`.
+    ``target``: the float target (GHM-C soft targets, GHM-R box targets; None for integer
+    labels), an input so that autograd can give it its gradient as mmdet's losses do; the
+    backend reads it through ``call``."""
 
     @staticmethod
-    def forward(pred: Tensor, call: _Call) -> Tensor:
+    def forward(pred: Tensor, target: Optional[Tensor], call: _Call) -> Tensor:
         call.binning = call.density.binning
         call.backend = backend = call.make_backend(pred.detach(), call.binning)
         weighing = backend.weigh(*backend.histogram(), call)
@@ -71,25 +74,30 @@ class GHMFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        pred, call = inputs
-        ctx.save_for_backward(pred)  # autograd then rejects a pred modified in place
+        pred, target, call = inputs
+        # autograd then rejects pred, or an input the backward reads again, modified in place
+        ctx.save_for_backward(pred, *call.backend.backward_reads())
         ctx.call = call
+        ctx.target_dtype = None if target is None else target.dtype
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        pred, = ctx.saved_tensors
+        pred = ctx.saved_tensors[0]
         call = ctx.call
         elementwise = call.reduction == 'none'
-        if torch.is_grad_enabled():  # create_graph=True: a gradient autograd can differentiate
+        wants_target = ctx.needs_input_grad[1]
+        if torch.is_grad_enabled() or wants_target:
+            # create_graph=True (autograd can differentiate this gradient) or a target that
+            # wants its gradient (rare: mmdet's heads detach their targets): PyTorch ops
             slot_scale, elementwise_grad_out = slot_factors(
                 call.slot_weight, grad_out, call.divisor, call.loss_weight, elementwise,
                 compute_dtype(pred))
-            grad = call.torch_grad(pred, call.binning, slot_scale, elementwise_grad_out,
-                                   call.loss_weight)
-        else:
-            grad = call.backend.grad(call.slot_weight, grad_out, call.divisor, call.loss_weight,
-                                     elementwise)
-        return grad.reshape(pred.shape), None
+            grad, grad_target = call.torch_grad(pred, call.binning, slot_scale,
+                                                elementwise_grad_out, call.loss_weight)
+            return grad, grad_target.to(ctx.target_dtype) if wants_target else None, None
+        grad = call.backend.grad(call.slot_weight, grad_out, call.divisor, call.loss_weight,
+                                 elementwise)
+        return grad.reshape(pred.shape), None, None
 
 
 def _factor(slots: Tensor, slot_scale: Tensor, grad_out: Optional[Tensor],
@@ -99,7 +107,8 @@ def _factor(slots: Tensor, slot_scale: Tensor, grad_out: Optional[Tensor],
 
 
 def _ghmc_torch_grad(labels, target, weight):
-    """GHM-C's gradient in differentiable PyTorch ops (double backward)."""
+    """GHM-C's gradients in differentiable PyTorch ops: (d/d pred in pred's dtype, d/d target in
+    the compute dtype or None), autograd's through mmdet's BCE (-x * factor for the target)."""
     def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight):
         x = pred.to(compute_dtype(pred))
         if labels is not None:  # one-hot without F.one_hot's range check (a host sync on CUDA)
@@ -115,12 +124,13 @@ def _ghmc_torch_grad(labels, target, weight):
             valid = weight > 0
             slots = slots.long() * (valid[:, None] if valid.dim() == 1 else valid)
         factor = _factor(slots, slot_scale.to(x.dtype), grad_out, loss_weight)
-        return ((s - t) * factor).to(pred.dtype)
+        return ((s - t) * factor).to(pred.dtype), None if labels is not None else -x * factor
     return grad
 
 
 def _ghmr_torch_grad(target, weight, mu):
-    """GHM-R's gradient in differentiable PyTorch ops (double backward)."""
+    """GHM-R's gradients in differentiable PyTorch ops: (d/d pred in pred's dtype, d/d target in
+    the compute dtype), the target's the negative of d/d(pred - target), as autograd's."""
     def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight):
         dtype = compute_dtype(pred)
         d = pred.to(dtype) - target.to(dtype)
@@ -130,7 +140,8 @@ def _ghmr_torch_grad(target, weight, mu):
             slots = slots.long() * (weight > 0)
         factor = _factor(slots, slot_scale.to(dtype), grad_out, loss_weight)
         half = (factor / (2 * root)) * d
-        return (half + half).to(pred.dtype)
+        grad_d = half + half
+        return grad_d.to(pred.dtype), -grad_d
     return grad
 
 
@@ -170,7 +181,7 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
     call = _Call(lambda p, binning: backend_cls(p, labels, target, weight, binning),
                  _ghmc_torch_grad(labels, target, weight), density, loss_weight, reduction, tot,
                  poison, not on_device, message)
-    return GHMFunction.apply(pred, call)
+    return GHMFunction.apply(pred, target, call)
 
 
 def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: GradientDensity,
@@ -209,4 +220,4 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
     call = _Call(lambda p, binning: backend_cls(p, target, weight, binning, mu),
                  _ghmr_torch_grad(target, weight, mu), density, loss_weight, reduction, tot,
                  None, not on_device, message)
-    return GHMFunction.apply(pred, call)
+    return GHMFunction.apply(pred, target, call)

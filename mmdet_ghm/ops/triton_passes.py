@@ -171,6 +171,10 @@ class ClassificationTriton(_TritonBackend):
                 self.pred if self.weight is None else self.weight,
                 self.edges)
 
+    def backward_reads(self) -> Tuple[Tensor, ...]:
+        return tuple(t for t in (self.labels, self.target, self.weight)
+                     if t is not None)  # kept: nothing
+
     def _launch(self, kernel, *args, **constexprs):
         grid = (triton.cdiv(self.numel, self.options['BLOCK']),)
         kernel[grid](*self._inputs(), *args, self.numel, **self.modes, **constexprs,
@@ -218,6 +222,9 @@ class RegressionTriton(_TritonBackend):
     def _inputs(self):
         return (self.pred, self.target, self.pred if self.weight is None else self.weight,
                 self.edges)
+
+    def backward_reads(self) -> Tuple[Tensor, ...]:
+        return tuple(t for t in (self.target, self.weight) if t is not None)  # kept: nothing
 
     def _launch(self, kernel, *args, **constexprs):
         grid = (triton.cdiv(self.numel, REG_BLOCK),)
