@@ -23,18 +23,21 @@ def test_pretrain_caches_backbone_and_neck_and_finetune_loads_them(tmp_path, mon
     out = 'pre/ckpt.pth'
     args = ['--out', out, '--work-dir', 'work', '--cfg-options', *TINY]
     assert pretrain.main(args) == 0
-    assert 'wrote' in capsys.readouterr().out
+    printed = capsys.readouterr().out
     saved = torch.load(out, map_location='cpu', weights_only=True)
+    digest = pretrain.weights_sha256(saved['state_dict'])
+    assert 'wrote' in printed and f'weights sha256 {digest[:16]}' in printed
     keys = list(saved['state_dict'])
     assert keys and all(k.startswith(('backbone.', 'neck.')) for k in keys)
     assert any(k.startswith('neck.') for k in keys)
-    assert saved['meta']['iterations'] == 2
+    assert saved['meta']['iterations'] == 2 and saved['meta']['weights_sha256'] == digest
     # its own split: generator seed 1000 in its own folder, not the comparison's data
     assert osp.isfile('data/ghm_shapes_pretrain/annotations/instances_train.json')
     assert not osp.exists('data/ghm_shapes')
 
     assert pretrain.main(args) == 0  # the same config: cached, no training
-    assert 'cached' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'cached' in printed and f'weights sha256 {digest[:16]}' in printed
     assert pretrain.main(args[:-1] + ['train_cfg.max_epochs=2']) == 0  # another config: trains
     assert torch.load(out, weights_only=True)['meta']['iterations'] == 4
 

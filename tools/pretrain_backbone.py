@@ -38,6 +38,16 @@ def cached(out: str, sha1: str) -> bool:
     return meta.get('config_sha1') == sha1
 
 
+def weights_sha256(state_dict: dict) -> str:
+    """SHA-256 of the weights (names and bytes, in name order): two pretrainings are the same
+    exactly when this is (the file's own bytes also hold the pickling's details)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def extract(state_dict: dict) -> dict:
     kept = {k: v for k, v in state_dict.items() if k.startswith(KEPT_PREFIXES)}
     if not kept:
@@ -65,20 +75,24 @@ def main(argv=None) -> int:
         cfg.merge_from_dict(holder.opts)
     sha1 = config_sha1(cfg)
     if not args.force and cached(args.out, sha1):
-        print(f'[pretrain] cached: {osp.abspath(args.out)} (config {sha1[:10]})')
+        state = torch.load(args.out, map_location='cpu', weights_only=True)['state_dict']
+        print(f'[pretrain] cached: {osp.abspath(args.out)} (config {sha1[:10]}, weights sha256 '
+              f'{weights_sha256(state)[:16]})')
         return 0
     cfg.work_dir = args.work_dir
     runner = Runner.from_cfg(cfg)
     runner.train()
-    weights = extract(runner.model.state_dict())
+    weights = {k: v.detach().cpu() for k, v in extract(runner.model.state_dict()).items()}
+    digest = weights_sha256(weights)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     tmp = args.out + '.tmp'
-    torch.save(dict(state_dict={k: v.detach().cpu() for k, v in weights.items()},
+    torch.save(dict(state_dict=weights,
                     meta=dict(config_sha1=sha1, config=osp.relpath(osp.abspath(args.config), REPO),
-                              iterations=runner.iter, kept=list(KEPT_PREFIXES))), tmp)
+                              iterations=runner.iter, kept=list(KEPT_PREFIXES),
+                              weights_sha256=digest)), tmp)
     os.replace(tmp, args.out)  # a complete file or none
     print(f'[pretrain] wrote {osp.abspath(args.out)}: {len(weights)} tensors after '
-          f'{runner.iter} iterations (config {sha1[:10]})')
+          f'{runner.iter} iterations (config {sha1[:10]}, weights sha256 {digest[:16]})')
     return 0
 
 
