@@ -15,6 +15,7 @@ import hashlib
 import os
 import os.path as osp
 import sys
+from typing import Optional
 
 import torch
 
@@ -28,14 +29,15 @@ def config_sha1(cfg) -> str:
     return hashlib.sha1(cfg.pretty_text.encode()).hexdigest()
 
 
-def cached(out: str, sha1: str) -> bool:
+def cached(out: str, sha1: str) -> Optional[dict]:
+    """The file at ``out`` when it was pretrained with the config of SHA-1 ``sha1``, else None."""
     if not osp.isfile(out):
-        return False
+        return None
     try:
-        meta = torch.load(out, map_location='cpu', weights_only=True).get('meta', {})
+        saved = torch.load(out, map_location='cpu', weights_only=True)
     except Exception:  # a truncated or foreign file: train again
-        return False
-    return meta.get('config_sha1') == sha1
+        return None
+    return saved if saved.get('meta', {}).get('config_sha1') == sha1 else None
 
 
 def weights_sha256(state_dict: dict) -> str:
@@ -74,10 +76,10 @@ def main(argv=None) -> int:
         DictAction(option_strings=[], dest='opts')(None, holder, args.cfg_options)
         cfg.merge_from_dict(holder.opts)
     sha1 = config_sha1(cfg)
-    if not args.force and cached(args.out, sha1):
-        state = torch.load(args.out, map_location='cpu', weights_only=True)['state_dict']
+    saved = None if args.force else cached(args.out, sha1)
+    if saved is not None:
         print(f'[pretrain] cached: {osp.abspath(args.out)} (config {sha1[:10]}, weights sha256 '
-              f'{weights_sha256(state)[:16]})')
+              f'{weights_sha256(saved["state_dict"])[:16]})')
         return 0
     cfg.work_dir = args.work_dir
     runner = Runner.from_cfg(cfg)

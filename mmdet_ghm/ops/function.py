@@ -93,7 +93,8 @@ class GHMFunction(torch.autograd.Function):
                 call.slot_weight, grad_out, call.divisor, call.loss_weight, elementwise,
                 compute_dtype(pred))
             grad, grad_target = call.torch_grad(pred, call.binning, slot_scale,
-                                                elementwise_grad_out, call.loss_weight)
+                                                elementwise_grad_out, call.loss_weight,
+                                                wants_target)
             return grad, grad_target.to(ctx.target_dtype) if wants_target else None, None
         grad = call.backend.grad(call.slot_weight, grad_out, call.divisor, call.loss_weight,
                                  elementwise)
@@ -108,8 +109,9 @@ def _factor(slots: Tensor, slot_scale: Tensor, grad_out: Optional[Tensor],
 
 def _ghmc_torch_grad(labels, target, weight):
     """GHM-C's gradients in differentiable PyTorch ops: (d/d pred in pred's dtype, d/d target in
-    the compute dtype or None), autograd's through mmdet's BCE (-x * factor for the target)."""
-    def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight):
+    the compute dtype when ``with_target``, else None), autograd's through mmdet's BCE
+    (-x * factor for the target)."""
+    def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight, with_target):
         x = pred.to(compute_dtype(pred))
         if labels is not None:  # one-hot without F.one_hot's range check (a host sync on CUDA)
             M, C = x.shape
@@ -124,14 +126,15 @@ def _ghmc_torch_grad(labels, target, weight):
             valid = weight > 0
             slots = slots.long() * (valid[:, None] if valid.dim() == 1 else valid)
         factor = _factor(slots, slot_scale.to(x.dtype), grad_out, loss_weight)
-        return ((s - t) * factor).to(pred.dtype), None if labels is not None else -x * factor
+        return ((s - t) * factor).to(pred.dtype), -x * factor if with_target else None
     return grad
 
 
 def _ghmr_torch_grad(target, weight, mu):
     """GHM-R's gradients in differentiable PyTorch ops: (d/d pred in pred's dtype, d/d target in
-    the compute dtype), the target's the negative of d/d(pred - target), as autograd's."""
-    def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight):
+    the compute dtype when ``with_target``, else None), the target's the negative of
+    d/d(pred - target), as autograd's."""
+    def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight, with_target):
         dtype = compute_dtype(pred)
         d = pred.to(dtype) - target.to(dtype)
         root = torch.sqrt(d * d + mu_squared(mu, dtype))
@@ -141,7 +144,7 @@ def _ghmr_torch_grad(target, weight, mu):
         factor = _factor(slots, slot_scale.to(dtype), grad_out, loss_weight)
         half = (factor / (2 * root)) * d
         grad_d = half + half
-        return grad_d.to(pred.dtype), -grad_d
+        return grad_d.to(pred.dtype), -grad_d if with_target else None
     return grad
 
 
