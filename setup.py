@@ -52,6 +52,8 @@ setup(
     long_description=open(osp.join(ROOT, 'README.md'), encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmdet_ghm', 'mmdet_ghm.*']),
+    # the C++ CPU passes, compiled on first use (mmdet_ghm/ops/native_passes.py)
+    package_data={'mmdet_ghm.ops': ['*.cpp']},
     python_requires='>=3.9',
     # The ranges that were tested (mmdet 3.3.0, mmengine 0.10.7, mmcv 2.1.0). torch and triton are
     # left to the user's install: a torch requirement lets pip replace the user's build (CPU or

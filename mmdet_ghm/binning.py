@@ -11,8 +11,9 @@ Two implementations of the one rule:
 - :func:`search_slots`, the reference: a binary search over the edges (``torch.bucketize``) in g's
   own dtype, as mmdet compares float64 g with float32 edges after promotion.
 - :func:`unit_interval_slots`, for float32 g in [0, 1] and mmdet's own edges: the same slots in a
-  few elementwise ops and no search (the CPU GHM-C pass). Proof in its docstring; tested against
-  the reference for every float within 1000 ulps of every edge, bins 1-253.
+  few elementwise ops and no search (the PyTorch CPU passes; ``unit_slot`` in ``ops/ghm_cpu.cpp``
+  is the same formula for the C++ passes). Proof in its docstring; tested against the reference
+  for every float within 1000 ulps of every edge, bins 1-253 (the C++ copy: 300 ulps).
 
 What "equal to mmdet" guarantees (CPU): the bins depend only on the value of g, so counts, EMA
 state and weights equal mmdet's whenever g is bitwise equal to mmdet's g. g goes through one

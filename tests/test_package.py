@@ -80,7 +80,8 @@ def test_wheel_ships_every_config_and_declares_the_tested_ranges(wheel):
     shipped = sorted(n[len('mmdet_ghm/.mim/configs/'):] for n in names
                      if n.startswith('mmdet_ghm/.mim/configs/') and n.endswith('.py'))
     assert shipped == _repo_configs()
-    assert {'mmdet_ghm/.mim/tools/train.py', 'mmdet_ghm/.mim/tools/test.py'} <= set(names)
+    assert {'mmdet_ghm/.mim/tools/train.py', 'mmdet_ghm/.mim/tools/test.py',
+            'mmdet_ghm/ops/ghm_cpu.cpp'} <= set(names)  # the C++ CPU passes' source
     requires = sorted(line.split(':', 1)[1].strip() for line in metadata.splitlines()
                       if line.startswith('Requires-Dist:') and 'extra ==' not in line)
     assert requires == ['mmcv<2.2,>=2.1', 'mmdet<3.4,>=3.3', 'mmengine<0.11,>=0.10.7', 'numpy']
@@ -118,10 +119,13 @@ print(type(model.bbox_head.loss_cls).__module__, type(model.bbox_head.loss_bbox)
 coco = Config.fromfile(osp.join(configs, 'retinanet_r50_fpn_ghm.py'))
 print(coco.model.bbox_head.loss_cls.type, coco.train_dataloader.dataset.type,
       [h['type'] for h in coco.custom_hooks])
+from mmdet_ghm.ops import native_passes
+print(native_passes.SOURCE.startswith(sys.prefix), native_passes.library() is not None)
 '''
     out = _run([scratch_python, '-c', code], cwd=tmp_path).split('\n')
     assert out[0] == 'mmdet_ghm.losses mmdet_ghm.losses'
     assert out[1] == "GHMC CheckedCocoDataset ['GHMCheckHook', 'WeightsOnlyCheckpointHook']"
+    assert out[2] == 'True True'  # the C++ CPU passes build from the installed source
 
 
 def test_mim_train_from_the_installed_wheel(scratch_python, tmp_path):

@@ -13,8 +13,8 @@ Order of calls: :meth:`GHMBackend.histogram` once in the forward, then :meth:`GH
 (the density's update and the reduced loss); then, for ``reduction='none'`` only,
 :meth:`GHMBackend.elementwise_loss`; then :meth:`GHMBackend.grad` once per backward. A reduced
 loss needs no second pass: it is ``dot(slot loss sums, slot weights)``. Between forward
-and backward a backend keeps nothing of the input's size but, on CPU, one uint8 slot per element
-(see :mod:`mmdet_ghm.ops.cpu_passes` for why).
+and backward the C++ and Triton GHM-C backends keep nothing of the input's size; the PyTorch CPU
+passes keep one uint8 slot per element (see :mod:`mmdet_ghm.ops.cpu_passes` for why).
 
 Constructors (the Function calls them; the arguments are already validated and detached):
 

@@ -1,4 +1,6 @@
-"""CPU backends (:mod:`mmdet_ghm.ops.backend`) for GHM-C and GHM-R, vectorized with PyTorch.
+"""CPU backends (:mod:`mmdet_ghm.ops.backend`) for GHM-C and GHM-R, vectorized with PyTorch: the
+general CPU path (float64, custom edges, more than 253 bins) and the fallback where the C++ passes
+of :mod:`.native_passes` cannot be built; those serve every other CPU call.
 
 GHM-C walks the flattened (M, C) problem in chunks of 2**18 elements: a chunk's few temporaries
 stay in cache between ops, each exact op still splits across PyTorch's intra-op threads. The
@@ -189,7 +191,7 @@ class ClassificationCPU(GHMBackend):
             rows = ((labels >= 0) & (labels < self.C)).nonzero().view(-1)  # as mmdet's one-hot
             self.positive_rows = rows
             self.positives = rows * self.C + labels[rows]  # ascending
-        self.slots = torch.empty(self.numel, dtype=binning.slot_dtype)
+        self.slots: Optional[Tensor] = None  # histogram() fills one per element
         # a NaN or inf among the ignored elements (their loss sum, slot 0): their gradient is
         # then masked to 0 instead of NaN * 0
         self.invalid_not_finite = False
@@ -246,6 +248,7 @@ class ClassificationCPU(GHMBackend):
 
     def histogram(self) -> Tuple[Tensor, Tensor]:
         num_slots = self.binning.num_slots
+        self.slots = torch.empty(self.numel, dtype=self.binning.slot_dtype)
         counts = torch.zeros(num_slots, dtype=torch.int64)
         sums = torch.zeros(num_slots, dtype=torch.float64)
         bounds = None if self.positives is None else self._positive_bounds()

@@ -1,6 +1,7 @@
 """The GHM autograd Function and the functional GHM-C / GHM-R entry points.
 
-Data path of one call: a backend (:mod:`mmdet_ghm.ops.backend`; CPU or Triton) reads the inputs
+Data path of one call: a backend (:mod:`mmdet_ghm.ops.backend`; C++ or PyTorch passes on CPU,
+Triton on CUDA) reads the inputs
 once into slot counts and slot loss sums, then weighs them: the
 :class:`~mmdet_ghm.density.GradientDensity` turns the counts into slot weights (EMA update;
 all-reduced first under ``sync_across_ranks``) and the loss is the dot product of the loss sums
@@ -31,13 +32,17 @@ def _use_triton(device: torch.device, backend: Optional[str]) -> bool:
 
 
 def _backend_class(device: torch.device, backend: Optional[str], loss: str):
-    """(backend class, whether it is the Triton one) of ``loss`` ('Classification' or
-    'Regression') for pred's device; Triton is imported only when it is used."""
+    """(``choose(pred, binning) -> backend class``, whether it is the Triton one) of ``loss``
+    ('Classification' or 'Regression') for pred's device. On CPU the C++ passes where they
+    apply (:mod:`.native_passes`), else the PyTorch ones; Triton is imported only when used."""
     if _use_triton(device, backend):
         from . import triton_passes
-        return getattr(triton_passes, loss + 'Triton'), True
-    from . import cpu_passes
-    return getattr(cpu_passes, loss + 'CPU'), False
+        triton_class = getattr(triton_passes, loss + 'Triton')
+        return lambda pred, binning: triton_class, True
+    from . import cpu_passes, native_passes
+    fused, vectorized = getattr(native_passes, loss + 'Native'), getattr(cpu_passes, loss + 'CPU')
+    return (lambda pred, binning: fused if native_passes.applies(pred, binning)
+            else vectorized), False
 
 
 class _Call:
@@ -163,7 +168,7 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
         weight: None, (M,) per row or (M, C) per element; valid where > 0.
         density: the gradient density (its EMA state is updated).
         poison: optional 0-dim bool; when True the loss is NaN and the state is left untouched.
-        backend: None (Triton on CUDA, PyTorch on CPU), 'cpu' or 'triton'.
+        backend: None (Triton on CUDA, C++ or PyTorch passes on CPU), 'cpu' or 'triton'.
         tot: optional 0-dim float32 normalizer replacing the number of valid elements.
 
     Returns:
@@ -181,7 +186,7 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
                 'valid element is not finite; the EMA state is left untouched: check the model '
                 'for divergence')
 
-    call = _Call(lambda p, binning: backend_cls(p, labels, target, weight, binning),
+    call = _Call(lambda p, binning: backend_cls(p, binning)(p, labels, target, weight, binning),
                  _ghmc_torch_grad(labels, target, weight), density, loss_weight, reduction, tot,
                  poison, not on_device, message)
     return GHMFunction.apply(pred, target, call)
@@ -220,7 +225,7 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
                 'GHM-R loss would not be finite; the EMA state is left untouched: check the '
                 'model for divergence')
 
-    call = _Call(lambda p, binning: backend_cls(p, target, weight, binning, mu),
+    call = _Call(lambda p, binning: backend_cls(p, binning)(p, target, weight, binning, mu),
                  _ghmr_torch_grad(target, weight, mu), density, loss_weight, reduction, tot,
                  None, not on_device, message)
     return GHMFunction.apply(pred, target, call)

@@ -1,0 +1,238 @@
+"""GHM-C's CPU backend with its two passes fused in C++ (``ghm_cpu.cpp``), for float32 arithmetic
+and mmdet's edges: the case of every mmdet config on CPU. Other cases (float64 pred, custom
+edges, more than 253 bins) and machines without a C++ compiler use :mod:`.cpu_passes`.
+
+The library is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``; a
+second or two: it includes no Python or torch headers) into ``$MMDET_GHM_CACHE_DIR`` (default
+``~/.cache/mmdet_ghm``), keyed by the source and the flags, and loaded with ctypes (which releases
+the GIL during a call). Set ``MMDET_GHM_NATIVE=0`` to use the PyTorch passes instead.
+
+Forward: PyTorch's sigmoid (its bits decide the bins), then one C++ pass that bins, counts and
+sums the loss per slot. Backward: PyTorch's sigmoid into the gradient, then one C++ pass that bins
+again and scales it in place. Nothing of the input's size is kept between them.
+"""
+import ctypes
+import functools
+import hashlib
+import os
+import os.path as osp
+import platform
+import subprocess
+import sys
+import tempfile
+import warnings
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .backend import slot_factors
+from .cpu_passes import ClassificationCPU, RegressionCPU, _exact, count_slots
+
+SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'ghm_cpu.cpp')
+# -ffp-contract=off: no FMA may change a rounding (GCC contracts by default where FMA exists).
+# -fno-trapping-math, -fno-math-errno: let branches become selects and sqrt a vector
+# instruction (vectorized loops); no rounding changes.
+# -march=native: compiled where it runs; the key names the CPU (a cache shared over NFS).
+FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-fopenmp',
+         '-ffp-contract=off', '-fno-trapping-math', '-fno-math-errno')
+_p, _i64, _i32, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+SIGNATURES = {
+    'ghmc_histogram': [_i64, _i64, _p, _p, _p, _p, _i32, _p, _i64, _i32, _f32, _i32, _p, _p],
+    'ghmc_grad': [_i64, _i64, _p, _p, _p, _i32, _i32, _f32, _p, _p, _f32, _i32, _i32],
+    'ghmr_square': [_i64, _p, _p, _f32, _i32, _p],
+    'ghmr_histogram': [_i64, _p, _p, _p, _p, _f32, _i32, _i32, _p, _p],
+    'ghmr_grad': [_i64, _p, _p, _p, _p, _i32, _p, _p, _f32, _i32, _i32, _p],
+}
+
+
+def cache_dir() -> str:
+    default = osp.join(os.environ.get('XDG_CACHE_HOME') or osp.expanduser('~/.cache'),
+                       'mmdet_ghm')
+    return os.environ.get('MMDET_GHM_CACHE_DIR') or default
+
+
+def _compile(compiler: str, path: str) -> None:
+    """Compile SOURCE into ``path`` (atomically: ranks of one job may compile at once)."""
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix='.so', dir=osp.dirname(path))
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *FLAGS, SOURCE, '-o', tmp], capture_output=True,
+                              text=True)
+        if proc.returncode:
+            raise RuntimeError(f'{compiler} failed: {proc.stderr.strip()[-500:]}')
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def _cpu_flags() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((line for line in f if line.startswith(('flags', 'Features'))), '')
+    except OSError:
+        return platform.processor()
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> Optional[ctypes.CDLL]:
+    """The compiled kernels, or None (with one warning) where they cannot be built."""
+    if os.environ.get('MMDET_GHM_NATIVE', '1') == '0':
+        return None
+    compiler = os.environ.get('CXX') or 'c++'
+    with open(SOURCE, 'rb') as f:
+        key = hashlib.sha256(f.read() + repr((compiler, FLAGS, sys.platform,
+                                              _cpu_flags())).encode())
+    path = osp.join(cache_dir(), f'ghm_cpu-{key.hexdigest()[:16]}.so')
+    try:
+        if not osp.isfile(path):
+            _compile(compiler, path)
+        lib = ctypes.CDLL(path)
+    except (OSError, RuntimeError) as e:
+        warnings.warn(f'mmdet_ghm could not build its C++ CPU kernels ({e}); GHM-C on CPU uses '
+                      'the PyTorch passes instead (same numbers, about 2x slower). Set CXX to a '
+                      'C++17 compiler, or MMDET_GHM_NATIVE=0 to silence this.', RuntimeWarning)
+        return None
+    for name, argtypes in SIGNATURES.items():
+        getattr(lib, name).argtypes = argtypes
+        getattr(lib, name).restype = None
+    return lib
+
+
+def applies(pred: Tensor, binning) -> bool:
+    """Whether :class:`ClassificationNative` serves this call (else :mod:`.cpu_passes`)."""
+    return pred.dtype != torch.float64 and binning.unit_edges and library() is not None
+
+
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+class ClassificationNative(ClassificationCPU):
+    """GHM-C on an (M, C) problem, :class:`ClassificationCPU`'s contract; its dense passes in
+    C++. Integer labels: the positives are left out of the dense pass and binned apart (M at
+    most, PyTorch ops)."""
+
+    def __init__(self, pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
+                 weight: Optional[Tensor], binning):
+        super().__init__(pred, labels, target, weight, binning)
+        self.lib = library()
+        self.last_edge = float(binning.last_edge)
+        self.positive_slots: Optional[Tensor] = None
+
+    def _valid_args(self) -> Tuple[Optional[Tensor], int]:
+        if self.element_valid is not None:
+            return self.element_valid, 0
+        return self.row_valid, 1
+
+    def _float(self, t: Optional[Tensor]) -> Optional[Tensor]:
+        # no copy for float32; fp16 / bf16 logits or targets: a copy for this pass only
+        return None if t is None else t.float()
+
+    def histogram(self) -> Tuple[Tensor, Tensor]:
+        num_slots = self.binning.num_slots
+        counts = torch.empty(num_slots, dtype=torch.int64)
+        sums = torch.empty(num_slots, dtype=torch.float64)
+        x, target = self._float(self.x), self._float(self.target)
+        s = _exact(torch.sigmoid, x, torch.empty_like(x))
+        valid, per_row = self._valid_args()
+        skip = self.positives
+        self.lib.ghmc_histogram(
+            self.numel, self.C, x.data_ptr(), s.data_ptr(), _ptr(target), _ptr(valid),
+            per_row, _ptr(skip), 0 if skip is None else skip.numel(), self.binning.bins,
+            self.last_edge, torch.get_num_threads(), counts.data_ptr(), sums.data_ptr())
+        del s
+        if self.positives is not None and self.positives.numel():
+            s, bce, valid = self._positive_terms()
+            slots = self.binning.slots(torch.rsub(s, 1.0), above_one=False)  # mmdet's |s - 1|
+            if valid is not None:
+                slots.mul_(valid)
+            self.positive_slots = slots
+            positive_counts, positive_sums = count_slots(slots, num_slots, bce)
+            counts += positive_counts
+            sums += positive_sums
+        self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
+        return counts, sums
+
+    def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
+        # reduction='none' needs every element's slot: the PyTorch pass forms them
+        ClassificationCPU.histogram(self)
+        return super().elementwise_loss(slot_weight, loss_weight)
+
+    def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
+             loss_weight: float, elementwise: bool) -> Tensor:
+        slot_scale, go = slot_factors(slot_weight, grad_out, divisor, loss_weight, elementwise,
+                                      self.dtype)
+        slot_scale = slot_scale.to(torch.float32).contiguous()
+        go = None if go is None else go.detach().reshape(-1).float().contiguous()
+        x, target = self._float(self.x), self._float(self.target)
+        out = _exact(torch.sigmoid, x, torch.empty_like(x))
+        del x
+        valid, per_row = self._valid_args()
+        self.lib.ghmc_grad(
+            self.numel, self.C, out.data_ptr(), _ptr(target), _ptr(valid), per_row,
+            self.binning.bins, self.last_edge, slot_scale.data_ptr(), _ptr(go), loss_weight,
+            int(self.invalid_not_finite), torch.get_num_threads())
+        if self.positives is not None and self.positives.numel():
+            s, _, _ = self._positive_terms()
+            scale = slot_scale[self.positive_slots.long()]
+            if go is not None:
+                scale = (go[self.positives] * loss_weight) * scale
+            positive_grad = (s - 1.0) * scale
+            if self.invalid_not_finite:  # NaN * 0 of an ignored element: 0
+                positive_grad.masked_fill_(self.positive_slots == 0, 0.0)
+            out[self.positives] = positive_grad
+        grad = out if self.pred_dtype == torch.float32 else out.to(self.pred_dtype)
+        return grad.view(self.M, self.C)
+
+
+
+class RegressionNative(RegressionCPU):
+    """GHM-R, :class:`RegressionCPU`'s contract; its passes in C++ around PyTorch's sqrt (whose
+    bits decide the bins). Kept between forward and backward: the root, pred's size (N x 4)."""
+
+    def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], binning,
+                 mu: float):
+        super().__init__(pred, target, weight, binning, mu)
+        self.lib = library()
+        self.root: Optional[Tensor] = None
+
+    def _inputs(self) -> Tuple[Tensor, Tensor]:
+        return self.pred.float(), self.target.float()  # copies for fp16 / bf16 only
+
+    def histogram(self) -> Tuple[Tensor, Tensor]:
+        num_slots = self.binning.num_slots
+        counts = torch.empty(num_slots, dtype=torch.int64)
+        sums = torch.empty(num_slots, dtype=torch.float64)
+        pred, target = self._inputs()
+        threads = torch.get_num_threads()
+        root = torch.empty(self.numel, dtype=torch.float32)
+        self.lib.ghmr_square(self.numel, pred.data_ptr(), target.data_ptr(), self.mu_sq, threads,
+                             root.data_ptr())
+        self.root = _exact(torch.sqrt, root, root)
+        self.lib.ghmr_histogram(self.numel, pred.data_ptr(), target.data_ptr(), root.data_ptr(),
+                                _ptr(self.valid), self.mu, self.binning.bins, threads,
+                                counts.data_ptr(), sums.data_ptr())
+        self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
+        return counts, sums
+
+    def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
+        # reduction='none' needs every element's slot: the PyTorch pass forms them
+        RegressionCPU.histogram(self)
+        return super().elementwise_loss(slot_weight, loss_weight)
+
+    def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
+             loss_weight: float, elementwise: bool) -> Tensor:
+        slot_scale, go = slot_factors(slot_weight, grad_out, divisor, loss_weight, elementwise,
+                                      self.dtype)
+        slot_scale = slot_scale.to(torch.float32).contiguous()
+        go = None if go is None else go.detach().reshape(-1).float().contiguous()
+        pred, target = self._inputs()
+        grad = torch.empty(self.numel, dtype=torch.float32)
+        self.lib.ghmr_grad(self.numel, pred.data_ptr(), target.data_ptr(), self.root.data_ptr(),
+                           _ptr(self.valid), self.binning.bins, slot_scale.data_ptr(), _ptr(go),
+                           loss_weight, int(self.invalid_not_finite), torch.get_num_threads(),
+                           grad.data_ptr())
+        return grad.to(self.pred_dtype).view(self.shape)
