@@ -48,7 +48,7 @@ setup(
     name='mmdet_ghm',
     version=read_version(),
     description='Gradient Harmonizing Mechanism (GHM-C / GHM-R) for MMDetection 3.x: '
-    'exact mmdet semantics, vectorized on CPU, fused Triton kernels on CUDA.',
+    'exact mmdet semantics, fused C++ passes on CPU, fused Triton kernels on CUDA.',
     long_description=open(osp.join(ROOT, 'README.md'), encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmdet_ghm', 'mmdet_ghm.*']),
