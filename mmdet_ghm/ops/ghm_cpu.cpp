@@ -1,12 +1,14 @@
-// GHM-C's two passes over an (M, C) problem on the CPU, fused: mmdet_ghm/ops/native_passes.py
-// calls them through ctypes (a plain C ABI: no Python or torch headers, a second to compile).
+// GHM-C's and GHM-R's passes on the CPU, fused; mmdet_ghm/ops/native_passes.py calls them
+// through ctypes (a plain C ABI: no Python or torch headers, a second to compile).
 //
-// Both passes take s = sigmoid(x) from PyTorch's own kernel: its bits decide the bins, and no
-// exp written here would round like it. Everything else is exact or in float64:
+// The one operation whose bits decide the bins and that is not correctly rounded is PyTorch's:
+// GHM-C takes s = sigmoid(x), GHM-R the root sqrt(d * d + mu^2) from PyTorch's own kernels (no
+// exp or sqrt written here would round like them). Everything else is IEEE float32 operations in
+// PyTorch's order, or float64:
 //  - the bin: mmdet_ghm.binning.unit_interval_slots, the same float64 steps;
-//  - the loss: BCE = relu(x) - x t - log(1 - q), q = sigmoid(-|x|) = min(s, 1 - s); 1 - q is
-//    exact in float64, and the logs of a slot are summed as the log of their product, kept as
-//    mantissa and exponent (frexp every RENORM factors): no log per element, no underflow.
+//  - GHM-C's loss: BCE = relu(x) - x t - log(1 - q), q = sigmoid(-|x|) = min(s, 1 - s); 1 - q
+//    is exact in float64, and the logs of a slot are summed as the log of their product, kept as
+//    mantissa and exponent: no log per element, no underflow;
 //  - elements are counted in blocks of BLOCK whose sums are combined in block order: the results
 //    do not depend on the number of threads.
 // Compiled with -ffp-contract=off (no FMA may change a rounding), for the machine it runs on.
@@ -32,7 +34,7 @@ constexpr int SPREAD = 8;
 constexpr double RESCALE_BELOW = 0x1p-500, RESCALE = 0x1p500;
 constexpr int64_t RESCALE_EXP = 500;
 constexpr double LN2 = 0.693147180559945309417232121458176568;
-constexpr uint8_t LEFT_OUT = 255;  // a tile slot the scalar loop skips (not a real slot: bins <= 253)
+constexpr uint8_t LEFT_OUT = 255;  // a tile slot the scalar loop skips (bins <= 253)
 
 struct Problem {
     int64_t n, cols;
@@ -65,6 +67,11 @@ inline uint8_t soft_slot(float g, int bins, float last_edge) {
     return static_cast<uint8_t>(inside ? slot : bins + 1);
 }
 
+// slot[j] = 0 where the element is invalid (v[j] == 0).
+inline void mask_invalid(uint8_t *__restrict slot, const uint8_t *__restrict v, int64_t len) {
+    for (int64_t j = 0; j < len; ++j) slot[j] = v[j] ? slot[j] : 0;
+}
+
 // Slots of elements [a, a + len) into slot[0 .. len): binned, then 0 where invalid.
 void tile_slots(const Problem &p, int64_t a, int64_t len, uint8_t *__restrict slot) {
     const int bins = p.bins;
@@ -72,16 +79,14 @@ void tile_slots(const Problem &p, int64_t a, int64_t len, uint8_t *__restrict sl
     const float *__restrict s = p.s + a;
     if (p.t) {
         const float *__restrict t = p.t + a;
-        for (int64_t j = 0; j < len; ++j) slot[j] = soft_slot(std::fabs(s[j] - t[j]), bins, last_edge);
+        for (int64_t j = 0; j < len; ++j) {
+            slot[j] = soft_slot(std::fabs(s[j] - t[j]), bins, last_edge);
+        }
     } else {
         for (int64_t j = 0; j < len; ++j) slot[j] = hard_slot(s[j], bins);
     }
     if (!p.valid) return;
-    if (!p.valid_per_row) {
-        const uint8_t *__restrict v = p.valid + a;
-        for (int64_t j = 0; j < len; ++j) slot[j] = v[j] ? slot[j] : 0;
-        return;
-    }
+    if (!p.valid_per_row) return mask_invalid(slot, p.valid + a, len);
     for (int64_t row = a / p.cols, j = 0; j < len; ++row) {  // the row segments of the tile
         const int64_t row_end = std::min((row + 1) * p.cols - a, len);
         if (!p.valid[row]) std::memset(slot + j, 0, row_end - j);
@@ -124,7 +129,8 @@ void histogram_block(const Problem &p, const int64_t *skip, const int64_t *skip_
             lin[j] = xj == xj ? l : xj;
             const float q = s[j] < one_minus_s ? s[j] : one_minus_s;  // NaN s: NaN q
             factor[j] = 1.0 - static_cast<double>(q);
-            index[j] = slot[j] == LEFT_OUT ? -1 : static_cast<int16_t>((j % SPREAD) * slots + slot[j]);
+            const int k = static_cast<int>(j % SPREAD) * slots + slot[j];
+            index[j] = static_cast<int16_t>(slot[j] == LEFT_OUT ? -1 : k);
         }
         for (int64_t j = 0; j < len; ++j) {
             if (index[j] < 0) continue;
@@ -148,7 +154,8 @@ void histogram_block(const Problem &p, const int64_t *skip, const int64_t *skip_
             const SlotSums &sum = acc[copy * slots + slot_index];
             if (!sum.count) continue;
             c += sum.count;
-            total += sum.linear - (std::log(sum.mantissa) + static_cast<double>(sum.exponent) * LN2);
+            const double log_product = std::log(sum.mantissa) + sum.exponent * LN2;
+            total += sum.linear - log_product;
         }
         counts[b * slots + slot_index] = c;
         sums[b * slots + slot_index] = total;
@@ -159,8 +166,8 @@ void histogram_block(const Problem &p, const int64_t *skip, const int64_t *skip_
 // that each vectorizes.
 template <bool HasTarget, bool HasGradOut>
 void scale_tile_as(float *__restrict g, const float *__restrict t, const float *__restrict go,
-                   const uint8_t *__restrict slot, int64_t len, const float *__restrict slot_scale,
-                   float go_scale, bool zero_invalid) {
+                   const uint8_t *__restrict slot, int64_t len,
+                   const float *__restrict slot_scale, float go_scale, bool zero_invalid) {
     for (int64_t j = 0; j < len; ++j) {
         float factor = slot_scale[slot[j]];
         if (HasGradOut) factor = (go[j] * go_scale) * factor;
@@ -169,12 +176,12 @@ void scale_tile_as(float *__restrict g, const float *__restrict t, const float *
     }
 }
 
-inline void scale_tile(float *g, const float *t, const float *go, const uint8_t *slot, int64_t len,
-                const float *slot_scale, float go_scale, bool zero_invalid) {
-    if (t && go) scale_tile_as<true, true>(g, t, go, slot, len, slot_scale, go_scale, zero_invalid);
-    else if (t) scale_tile_as<true, false>(g, t, go, slot, len, slot_scale, go_scale, zero_invalid);
-    else if (go) scale_tile_as<false, true>(g, t, go, slot, len, slot_scale, go_scale, zero_invalid);
-    else scale_tile_as<false, false>(g, t, go, slot, len, slot_scale, go_scale, zero_invalid);
+inline void scale_tile(float *g, const float *t, const float *go, const uint8_t *slot,
+                       int64_t len, const float *scale, float go_scale, bool zero_invalid) {
+    if (t && go) scale_tile_as<true, true>(g, t, go, slot, len, scale, go_scale, zero_invalid);
+    else if (t) scale_tile_as<true, false>(g, t, go, slot, len, scale, go_scale, zero_invalid);
+    else if (go) scale_tile_as<false, true>(g, t, go, slot, len, scale, go_scale, zero_invalid);
+    else scale_tile_as<false, false>(g, t, go, slot, len, scale, go_scale, zero_invalid);
 }
 
 // Blocks split over OpenMP threads: linked to libgomp.so.1, which is the runtime PyTorch has
@@ -203,6 +210,14 @@ void asl1_grad_tile(const float *__restrict p, const float *__restrict t,
         const float half = (factor / (2.0f * root[j])) * (p[j] - t[j]);
         g[j] = zero_invalid && slot[j] == 0 ? 0.0f : half + half;
     }
+}
+
+// GHM-R's slots of one tile, g = |d / root|, then 0 where invalid.
+void asl1_tile_slots(const float *__restrict p, const float *__restrict t,
+                     const float *__restrict root, const uint8_t *valid, int bins, int64_t len,
+                     uint8_t *__restrict slot) {
+    for (int64_t j = 0; j < len; ++j) slot[j] = hard_slot(std::fabs((p[j] - t[j]) / root[j]), bins);
+    if (valid) mask_invalid(slot, valid, len);
 }
 
 // The blocks' counts and sums, added in block order (the same bits for any thread count).
@@ -257,8 +272,8 @@ void ghmc_grad(int64_t n, int64_t cols, float *grad, const float *t, const uint8
         for (int64_t a = b * BLOCK; a < block_end; a += TILE) {
             const int64_t len = std::min(TILE, block_end - a);
             tile_slots(p, a, len, slot);
-            scale_tile(grad + a, t ? t + a : nullptr, grad_out ? grad_out + a : nullptr,
-                         slot, len, slot_scale, grad_out_scale, zero_invalid != 0);
+            scale_tile(grad + a, t ? t + a : nullptr, grad_out ? grad_out + a : nullptr, slot,
+                       len, slot_scale, grad_out_scale, zero_invalid != 0);
         }
     });
 }
@@ -296,16 +311,12 @@ void ghmr_histogram(int64_t n, const float *pred, const float *target, const flo
         const int64_t block_end = std::min((b + 1) * BLOCK, n);
         for (int64_t a = b * BLOCK; a < block_end; a += TILE) {
             const int64_t len = std::min(TILE, block_end - a);
-            const float *__restrict p = pred + a, *__restrict t = target + a, *__restrict r = root + a;
+            const float *__restrict r = root + a;
+            asl1_tile_slots(pred + a, target + a, r, valid ? valid + a : nullptr, bins, len, slot);
             for (int64_t j = 0; j < len; ++j) {
-                slot[j] = hard_slot(std::fabs((p[j] - t[j]) / r[j]), bins);
                 loss[j] = r[j] - mu;
+                index[j] = static_cast<int16_t>(static_cast<int>(j % SPREAD) * slots + slot[j]);
             }
-            if (valid) {
-                const uint8_t *__restrict v = valid + a;
-                for (int64_t j = 0; j < len; ++j) slot[j] = v[j] ? slot[j] : 0;
-            }
-            for (int64_t j = 0; j < len; ++j) index[j] = static_cast<int16_t>((j % SPREAD) * slots + slot[j]);
             for (int64_t j = 0; j < len; ++j) {
                 ++cnt[index[j]];
                 sum[index[j]] += loss[j];
@@ -334,12 +345,8 @@ void ghmr_grad(int64_t n, const float *pred, const float *target, const float *r
         const int64_t block_end = std::min((b + 1) * BLOCK, n);
         for (int64_t a = b * BLOCK; a < block_end; a += TILE) {
             const int64_t len = std::min(TILE, block_end - a);
-            const float *__restrict p = pred + a, *__restrict t = target + a, *__restrict r = root + a;
-            for (int64_t j = 0; j < len; ++j) slot[j] = hard_slot(std::fabs((p[j] - t[j]) / r[j]), bins);
-            if (valid) {
-                const uint8_t *__restrict v = valid + a;
-                for (int64_t j = 0; j < len; ++j) slot[j] = v[j] ? slot[j] : 0;
-            }
+            const float *p = pred + a, *t = target + a, *r = root + a;
+            asl1_tile_slots(p, t, r, valid ? valid + a : nullptr, bins, len, slot);
             if (grad_out) {
                 asl1_grad_tile<true>(p, t, r, slot, len, slot_scale, grad_out + a,
                                      grad_out_scale, zero_invalid != 0, grad + a);

@@ -1,15 +1,17 @@
-"""GHM-C's CPU backend with its two passes fused in C++ (``ghm_cpu.cpp``), for float32 arithmetic
-and mmdet's edges: the case of every mmdet config on CPU. Other cases (float64 pred, custom
-edges, more than 253 bins) and machines without a C++ compiler use :mod:`.cpu_passes`.
+"""CPU backends of GHM-C and GHM-R with their passes in C++ (``ghm_cpu.cpp``), for float32
+arithmetic (float32, fp16 and bf16 inputs) and mmdet's edges: every mmdet config on CPU. Other
+cases (float64 pred, custom edges, more than 253 bins) and machines without a C++ compiler use
+the PyTorch passes of :mod:`.cpu_passes`; both give the same counts, state and gradient.
 
 The library is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``; a
 second or two: it includes no Python or torch headers) into ``$MMDET_GHM_CACHE_DIR`` (default
-``~/.cache/mmdet_ghm``), keyed by the source and the flags, and loaded with ctypes (which releases
-the GIL during a call). Set ``MMDET_GHM_NATIVE=0`` to use the PyTorch passes instead.
+``~/.cache/mmdet_ghm``), keyed by the source, the compiler, the flags and the CPU, and loaded with
+ctypes (which releases the GIL during a call). ``MMDET_GHM_NATIVE=0`` chooses the PyTorch passes.
 
-Forward: PyTorch's sigmoid (its bits decide the bins), then one C++ pass that bins, counts and
-sums the loss per slot. Backward: PyTorch's sigmoid into the gradient, then one C++ pass that bins
-again and scales it in place. Nothing of the input's size is kept between them.
+GHM-C forward: PyTorch's sigmoid (its bits decide the bins), then one C++ pass that bins, counts
+and sums the loss per slot; backward: PyTorch's sigmoid into the gradient, then one C++ pass that
+bins again and scales it in place. Nothing of the input's size is kept between them (GHM-R keeps
+its root, N x 4).
 """
 import ctypes
 import functools
@@ -102,12 +104,17 @@ def library() -> Optional[ctypes.CDLL]:
 
 
 def applies(pred: Tensor, binning) -> bool:
-    """Whether :class:`ClassificationNative` serves this call (else :mod:`.cpu_passes`)."""
+    """Whether the C++ backends serve this call (else :mod:`.cpu_passes`)."""
     return pred.dtype != torch.float64 and binning.unit_edges and library() is not None
 
 
 def _ptr(t: Optional[Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
+
+
+def _float32(t: Optional[Tensor]) -> Optional[Tensor]:
+    """No copy for float32; fp16 / bf16 logits or targets: a copy for one pass only."""
+    return None if t is None else t.float()
 
 
 class ClassificationNative(ClassificationCPU):
@@ -127,15 +134,11 @@ class ClassificationNative(ClassificationCPU):
             return self.element_valid, 0
         return self.row_valid, 1
 
-    def _float(self, t: Optional[Tensor]) -> Optional[Tensor]:
-        # no copy for float32; fp16 / bf16 logits or targets: a copy for this pass only
-        return None if t is None else t.float()
-
     def histogram(self) -> Tuple[Tensor, Tensor]:
         num_slots = self.binning.num_slots
         counts = torch.empty(num_slots, dtype=torch.int64)
         sums = torch.empty(num_slots, dtype=torch.float64)
-        x, target = self._float(self.x), self._float(self.target)
+        x, target = _float32(self.x), _float32(self.target)
         s = _exact(torch.sigmoid, x, torch.empty_like(x))
         valid, per_row = self._valid_args()
         skip = self.positives
@@ -167,7 +170,7 @@ class ClassificationNative(ClassificationCPU):
                                       self.dtype)
         slot_scale = slot_scale.to(torch.float32).contiguous()
         go = None if go is None else go.detach().reshape(-1).float().contiguous()
-        x, target = self._float(self.x), self._float(self.target)
+        x, target = _float32(self.x), _float32(self.target)
         out = _exact(torch.sigmoid, x, torch.empty_like(x))
         del x
         valid, per_row = self._valid_args()
@@ -188,7 +191,6 @@ class ClassificationNative(ClassificationCPU):
         return grad.view(self.M, self.C)
 
 
-
 class RegressionNative(RegressionCPU):
     """GHM-R, :class:`RegressionCPU`'s contract; its passes in C++ around PyTorch's sqrt (whose
     bits decide the bins). Kept between forward and backward: the root, pred's size (N x 4)."""
@@ -199,14 +201,11 @@ class RegressionNative(RegressionCPU):
         self.lib = library()
         self.root: Optional[Tensor] = None
 
-    def _inputs(self) -> Tuple[Tensor, Tensor]:
-        return self.pred.float(), self.target.float()  # copies for fp16 / bf16 only
-
     def histogram(self) -> Tuple[Tensor, Tensor]:
         num_slots = self.binning.num_slots
         counts = torch.empty(num_slots, dtype=torch.int64)
         sums = torch.empty(num_slots, dtype=torch.float64)
-        pred, target = self._inputs()
+        pred, target = _float32(self.pred), _float32(self.target)
         threads = torch.get_num_threads()
         root = torch.empty(self.numel, dtype=torch.float32)
         self.lib.ghmr_square(self.numel, pred.data_ptr(), target.data_ptr(), self.mu_sq, threads,
@@ -229,7 +228,7 @@ class RegressionNative(RegressionCPU):
                                       self.dtype)
         slot_scale = slot_scale.to(torch.float32).contiguous()
         go = None if go is None else go.detach().reshape(-1).float().contiguous()
-        pred, target = self._inputs()
+        pred, target = _float32(self.pred), _float32(self.target)
         grad = torch.empty(self.numel, dtype=torch.float32)
         self.lib.ghmr_grad(self.numel, pred.data_ptr(), target.data_ptr(), self.root.data_ptr(),
                            _ptr(self.valid), self.binning.bins, slot_scale.data_ptr(), _ptr(go),
