@@ -271,17 +271,21 @@ class ClassificationCPU(GHMBackend):
             counts += chunk_counts
             sums += chunk_sums
         if self.positives is not None and self.positives.numel():
-            s, bce, valid = self._positive_terms()
-            slots = self.binning.slots(torch.rsub(s, 1.0), above_one=False)  # mmdet's |s - 1|
-            if valid is not None:
-                slots.mul_(valid)
-            self.slots[self.positives] = slots
+            self.slots[self.positives] = self._add_positives(counts, sums)
             counts[0] -= self.positives.numel()
-            positive_counts, positive_sums = count_slots(slots, num_slots, bce)
-            counts += positive_counts
-            sums += positive_sums
         self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
         return counts, sums
+
+    def _add_positives(self, counts: Tensor, sums: Tensor) -> Tensor:
+        """Bins the positives (g = 1 - s), adds them to ``counts`` and ``sums``; their slots."""
+        s, bce, valid = self._positive_terms()
+        slots = self.binning.slots(torch.rsub(s, 1.0), above_one=False)  # mmdet's |s - 1|
+        if valid is not None:
+            slots.mul_(valid)
+        positive_counts, positive_sums = count_slots(slots, self.binning.num_slots, bce)
+        counts += positive_counts
+        sums += positive_sums
+        return slots
 
     def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
         out = torch.empty(self.numel, dtype=self.dtype)

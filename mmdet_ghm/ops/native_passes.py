@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .backend import slot_factors
-from .cpu_passes import ClassificationCPU, RegressionCPU, _exact, count_slots
+from .cpu_passes import ClassificationCPU, RegressionCPU, _exact
 
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'ghm_cpu.cpp')
 # -ffp-contract=off: no FMA may change a rounding (GCC contracts by default where FMA exists).
@@ -117,6 +117,15 @@ def _float32(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.float()
 
 
+def _float32_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
+                     loss_weight: float, elementwise: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """:func:`~.backend.slot_factors` as the C++ passes read them: contiguous float32."""
+    slot_scale, go = slot_factors(slot_weight, grad_out, divisor, loss_weight, elementwise,
+                                  torch.float32)
+    return (slot_scale.contiguous(),
+            None if go is None else go.detach().reshape(-1).float().contiguous())
+
+
 class ClassificationNative(ClassificationCPU):
     """GHM-C on an (M, C) problem, :class:`ClassificationCPU`'s contract; its dense passes in
     C++. Integer labels: the positives are left out of the dense pass and binned apart (M at
@@ -148,14 +157,7 @@ class ClassificationNative(ClassificationCPU):
             self.last_edge, torch.get_num_threads(), counts.data_ptr(), sums.data_ptr())
         del s
         if self.positives is not None and self.positives.numel():
-            s, bce, valid = self._positive_terms()
-            slots = self.binning.slots(torch.rsub(s, 1.0), above_one=False)  # mmdet's |s - 1|
-            if valid is not None:
-                slots.mul_(valid)
-            self.positive_slots = slots
-            positive_counts, positive_sums = count_slots(slots, num_slots, bce)
-            counts += positive_counts
-            sums += positive_sums
+            self.positive_slots = self._add_positives(counts, sums)
         self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
         return counts, sums
 
@@ -166,10 +168,8 @@ class ClassificationNative(ClassificationCPU):
 
     def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
              loss_weight: float, elementwise: bool) -> Tensor:
-        slot_scale, go = slot_factors(slot_weight, grad_out, divisor, loss_weight, elementwise,
-                                      self.dtype)
-        slot_scale = slot_scale.to(torch.float32).contiguous()
-        go = None if go is None else go.detach().reshape(-1).float().contiguous()
+        slot_scale, go = _float32_factors(slot_weight, grad_out, divisor, loss_weight,
+                                          elementwise)
         x, target = _float32(self.x), _float32(self.target)
         out = _exact(torch.sigmoid, x, torch.empty_like(x))
         del x
@@ -224,10 +224,8 @@ class RegressionNative(RegressionCPU):
 
     def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
              loss_weight: float, elementwise: bool) -> Tensor:
-        slot_scale, go = slot_factors(slot_weight, grad_out, divisor, loss_weight, elementwise,
-                                      self.dtype)
-        slot_scale = slot_scale.to(torch.float32).contiguous()
-        go = None if go is None else go.detach().reshape(-1).float().contiguous()
+        slot_scale, go = _float32_factors(slot_weight, grad_out, divisor, loss_weight,
+                                          elementwise)
         pred, target = _float32(self.pred), _float32(self.target)
         grad = torch.empty(self.numel, dtype=torch.float32)
         self.lib.ghmr_grad(self.numel, pred.data_ptr(), target.data_ptr(), self.root.data_ptr(),
