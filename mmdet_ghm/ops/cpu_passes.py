@@ -264,7 +264,9 @@ class ClassificationCPU(GHMBackend):
             if valid is not None:
                 slots.mul_(valid)
             if bounds is not None and bounds[i + 1] > bounds[i]:
-                slots[self.positives[bounds[i]:bounds[i + 1]] - a] = 0  # parked, see the class
+                parked = self.positives[bounds[i]:bounds[i + 1]] - a  # see the class
+                slots[parked] = 0
+                bce[parked] = 0.0  # slot 0's sum is the invalid elements' alone
             chunk_counts, chunk_sums = count_slots(
                 slots, num_slots, bce,
                 (work.get('spread', torch.uint8, n), work.get('h', torch.float64, n)))
@@ -275,6 +277,15 @@ class ClassificationCPU(GHMBackend):
             counts[0] -= self.positives.numel()
         self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
         return counts, sums
+
+    def _positive_grad(self, slots: Tensor, slot_scale: Tensor, go: Optional[Tensor],
+                       loss_weight: float) -> Tensor:
+        """The positives' gradient (s - 1) * factor, in the compute dtype; ``slots``: theirs."""
+        s, _, _ = self._positive_terms()
+        scale = slot_scale[slots.long()]
+        if go is not None:
+            scale = (go[self.positives].to(self.dtype) * loss_weight) * scale
+        return (s - 1.0) * scale
 
     def _add_positives(self, counts: Tensor, sums: Tensor) -> Tensor:
         """Bins the positives (g = 1 - s), adds them to ``counts`` and ``sums``; their slots."""
@@ -325,11 +336,8 @@ class ClassificationCPU(GHMBackend):
             if not same_dtype:
                 grad[a:b] = diff
         if self.positives is not None and self.positives.numel():
-            s, _, _ = self._positive_terms()
-            scale = slot_scale[self.slots[self.positives].long()]
-            if go is not None:
-                scale = (go[self.positives].to(self.dtype) * loss_weight) * scale
-            grad[self.positives] = ((s - 1.0) * scale).to(self.pred_dtype)
+            grad[self.positives] = self._positive_grad(self.slots[self.positives], slot_scale,
+                                                       go, loss_weight).to(self.pred_dtype)
         if self.invalid_not_finite:  # NaN * 0 of an ignored element: 0
             grad.masked_fill_(self.slots == 0, 0.0)
         return grad.view(self.M, self.C)

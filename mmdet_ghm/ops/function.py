@@ -31,7 +31,7 @@ def _use_triton(device: torch.device, backend: Optional[str]) -> bool:
     return backend == 'triton'
 
 
-def _backend_class(device: torch.device, backend: Optional[str], loss: str):
+def _backend_chooser(device: torch.device, backend: Optional[str], loss: str):
     """(``choose(pred, binning) -> backend class``, whether it is the Triton one) of ``loss``
     ('Classification' or 'Regression') for pred's device. On CPU the C++ passes where they
     apply (:mod:`.native_passes`), else the PyTorch ones; Triton is imported only when used."""
@@ -40,9 +40,8 @@ def _backend_class(device: torch.device, backend: Optional[str], loss: str):
         triton_class = getattr(triton_passes, loss + 'Triton')
         return lambda pred, binning: triton_class, True
     from . import cpu_passes, native_passes
-    fused, vectorized = getattr(native_passes, loss + 'Native'), getattr(cpu_passes, loss + 'CPU')
-    return (lambda pred, binning: fused if native_passes.applies(pred, binning)
-            else vectorized), False
+    cpp, pytorch = getattr(native_passes, loss + 'Native'), getattr(cpu_passes, loss + 'CPU')
+    return (lambda pred, binning: cpp if native_passes.applies(pred, binning) else pytorch), False
 
 
 class _Call:
@@ -178,7 +177,7 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
         ValueError (CPU backend only; every rank alike under ``sync_across_ranks``): the loss of
         a valid element is not finite (NaN logits, or an infinite logit on the wrong side).
     """
-    backend_cls, on_device = _backend_class(pred.device, backend, 'Classification')
+    choose_backend, on_device = _backend_chooser(pred.device, backend, 'Classification')
 
     def message(here: bool) -> str:
         where = 'on this rank' if here else 'on another rank (sync_across_ranks)'
@@ -186,7 +185,7 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
                 'valid element is not finite; the EMA state is left untouched: check the model '
                 'for divergence')
 
-    call = _Call(lambda p, binning: backend_cls(p, binning)(p, labels, target, weight, binning),
+    call = _Call(lambda p, binning: choose_backend(p, binning)(p, labels, target, weight, binning),
                  _ghmc_torch_grad(labels, target, weight), density, loss_weight, reduction, tot,
                  poison, not on_device, message)
     return GHMFunction.apply(pred, target, call)
@@ -206,7 +205,7 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
         ValueError (CPU backend only): the loss of a valid element is not finite (NaN or inf in
         pred/target, or a difference whose square overflows the compute dtype).
     """
-    backend_cls, on_device = _backend_class(pred.device, backend, 'Regression')
+    choose_backend, on_device = _backend_chooser(pred.device, backend, 'Regression')
     # no weight: tot is the element count, which the backend knows (no host-to-device copy)
     tot = None if weight is None else weight.sum(dtype=torch.float32)
 
@@ -225,7 +224,7 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
                 'GHM-R loss would not be finite; the EMA state is left untouched: check the '
                 'model for divergence')
 
-    call = _Call(lambda p, binning: backend_cls(p, binning)(p, target, weight, binning, mu),
+    call = _Call(lambda p, binning: choose_backend(p, binning)(p, target, weight, binning, mu),
                  _ghmr_torch_grad(target, weight, mu), density, loss_weight, reduction, tot,
                  None, not on_device, message)
     return GHMFunction.apply(pred, target, call)

@@ -6,9 +6,10 @@
 // exp or sqrt written here would round like them). Everything else is IEEE float32 operations in
 // PyTorch's order, or float64:
 //  - the bin: mmdet_ghm.binning.unit_interval_slots, the same float64 steps;
-//  - GHM-C's loss: BCE = relu(x) - x t - log(1 - q), q = sigmoid(-|x|) = min(s, 1 - s); 1 - q
-//    is exact in float64, and the logs of a slot are summed as the log of their product, kept as
-//    mantissa and exponent: no log per element, no underflow;
+//  - GHM-C's loss: BCE = relu(x) - x t - log(1 - q), q = sigmoid(-|x|) = min(s, 1 - s); for
+//    q >= 2^-12, 1 - q is exact in float64 and the logs of a slot are summed as the log of the
+//    product of these factors, kept as mantissa and exponent (no log per element, no
+//    underflow); smaller q add the series q + q^2 / 2 + q^3 / 3 (error below 1e-15 relative);
 //  - elements are counted in blocks of BLOCK whose sums are combined in block order: the results
 //    do not depend on the number of threads.
 // Compiled with -ffp-contract=off (no FMA may change a rounding), for the machine it runs on.
@@ -119,16 +120,21 @@ void histogram_block(const Problem &p, const int64_t *skip, const int64_t *skip_
         const float *__restrict x = p.x + a, *__restrict s = p.s + a;
         const float *__restrict t = p.t ? p.t + a : nullptr;
         for (int64_t j = 0; j < len; ++j) {
-            // BCE = relu(x) - x t - log(1 - q), q = sigmoid(-|x|) = min(s, 1 - s); the
+            // BCE = relu(x) - x t - log(1 - q), q = sigmoid(-|x|) = min(s, 1 - s), with the
             // infinite-x limits for t in {0, 1} (where 0 * inf would be NaN) and NaN kept
             const float xj = x[j], tj = t ? t[j] : 0.0f, one_minus_s = 1.0f - s[j];
             const double relu = xj > 0.0f ? xj : 0.0, relu_neg = xj < 0.0f ? -xj : 0.0;
+            // other t: finite exactly where PyTorch's float32 (1 - t) x + relu(-x) is
+            const float torch_order = (1.0f - tj) * xj + static_cast<float>(relu_neg);
             const double l = tj == 0.0f ? relu
                            : tj == 1.0f ? relu_neg
-                                        : relu - static_cast<double>(xj) * tj;
-            lin[j] = xj == xj ? l : xj;
+                           : std::isfinite(torch_order) ? relu - static_cast<double>(xj) * tj
+                                                        : torch_order;
             const float q = s[j] < one_minus_s ? s[j] : one_minus_s;  // NaN s: NaN q
-            factor[j] = 1.0 - static_cast<double>(q);
+            // 1 - q is exact in float64 for q >= 2^-29; below 2^-12, -log(1 - q) is its series
+            const double qd = q, small = qd < 0x1p-12 ? qd + qd * qd / 2 + qd * qd * qd / 3 : 0.0;
+            lin[j] = xj == xj ? l + small : xj;
+            factor[j] = qd < 0x1p-12 ? 1.0 : 1.0 - qd;
             const int k = static_cast<int>(j % SPREAD) * slots + slot[j];
             index[j] = static_cast<int16_t>(slot[j] == LEFT_OUT ? -1 : k);
         }

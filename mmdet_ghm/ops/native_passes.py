@@ -5,13 +5,15 @@ the PyTorch passes of :mod:`.cpu_passes`; both give the same counts, state and g
 
 The library is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``; a
 second or two: it includes no Python or torch headers) into ``$MMDET_GHM_CACHE_DIR`` (default
-``~/.cache/mmdet_ghm``), keyed by the source, the compiler, the flags and the CPU, and loaded with
-ctypes (which releases the GIL during a call). ``MMDET_GHM_NATIVE=0`` chooses the PyTorch passes.
+``~/.cache/mmdet_ghm``), keyed by the source, the compiler and its version, the flags and the
+CPU, and loaded with ctypes (which releases the GIL during a call). ``MMDET_GHM_NATIVE=0``
+chooses the PyTorch passes.
 
 GHM-C forward: PyTorch's sigmoid (its bits decide the bins), then one C++ pass that bins, counts
 and sums the loss per slot; backward: PyTorch's sigmoid into the gradient, then one C++ pass that
-bins again and scales it in place. Nothing of the input's size is kept between them (GHM-R keeps
-its root, N x 4).
+bins again and scales it in place. Nothing of the input's size is kept between them beyond the
+detached inputs (a contiguous copy where pred is not contiguous; one byte per element for
+per-element weights); GHM-R keeps its root, N x 4.
 """
 import ctypes
 import functools
@@ -19,6 +21,7 @@ import hashlib
 import os
 import os.path as osp
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -54,16 +57,25 @@ def cache_dir() -> str:
     return os.environ.get('MMDET_GHM_CACHE_DIR') or default
 
 
-def _compile(compiler: str, path: str) -> None:
+def _compiler() -> Tuple[list, str]:
+    """The compiler command (``$CXX`` may hold a wrapper or flags) and its version line."""
+    command = shlex.split(os.environ.get('CXX') or 'c++')
+    proc = subprocess.run([*command, '--version'], capture_output=True, text=True, timeout=60)
+    if proc.returncode:
+        raise RuntimeError(f'{" ".join(command)} --version failed')
+    return command, proc.stdout.split('\n', 1)[0]
+
+
+def _compile(command: list, path: str) -> None:
     """Compile SOURCE into ``path`` (atomically: ranks of one job may compile at once)."""
     os.makedirs(osp.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=osp.dirname(path))
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *FLAGS, SOURCE, '-o', tmp], capture_output=True,
-                              text=True)
+        proc = subprocess.run([*command, *FLAGS, SOURCE, '-o', tmp], capture_output=True,
+                              text=True, timeout=600)
         if proc.returncode:
-            raise RuntimeError(f'{compiler} failed: {proc.stderr.strip()[-500:]}')
+            raise RuntimeError(f'{" ".join(command)} failed: {proc.stderr.strip()[-500:]}')
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):
@@ -81,21 +93,22 @@ def _cpu_flags() -> str:
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[ctypes.CDLL]:
     """The compiled kernels, or None (with one warning) where they cannot be built."""
-    if os.environ.get('MMDET_GHM_NATIVE', '1') == '0':
+    if os.environ.get('MMDET_GHM_NATIVE', '1').lower() in ('0', 'false', 'off', 'no'):
         return None
-    compiler = os.environ.get('CXX') or 'c++'
-    with open(SOURCE, 'rb') as f:
-        key = hashlib.sha256(f.read() + repr((compiler, FLAGS, sys.platform,
-                                              _cpu_flags())).encode())
-    path = osp.join(cache_dir(), f'ghm_cpu-{key.hexdigest()[:16]}.so')
     try:
+        command, version = _compiler()
+        with open(SOURCE, 'rb') as f:
+            key = hashlib.sha256(f.read() + repr((command, version, FLAGS, sys.platform,
+                                                  _cpu_flags())).encode())
+        path = osp.join(cache_dir(), f'ghm_cpu-{key.hexdigest()[:16]}.so')
         if not osp.isfile(path):
-            _compile(compiler, path)
+            _compile(command, path)
         lib = ctypes.CDLL(path)
-    except (OSError, RuntimeError) as e:
-        warnings.warn(f'mmdet_ghm could not build its C++ CPU kernels ({e}); GHM-C on CPU uses '
-                      'the PyTorch passes instead (same numbers, about 2x slower). Set CXX to a '
-                      'C++17 compiler, or MMDET_GHM_NATIVE=0 to silence this.', RuntimeWarning)
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+        warnings.warn(f'mmdet_ghm could not build its C++ CPU kernels ({e}); GHM-C and GHM-R on '
+                      'CPU use the PyTorch passes instead (same numbers, about 2x slower). Set '
+                      'CXX to a C++17 compiler with OpenMP, or MMDET_GHM_NATIVE=0 to silence '
+                      'this.', RuntimeWarning)
         return None
     for name, argtypes in SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
@@ -179,11 +192,7 @@ class ClassificationNative(ClassificationCPU):
             self.binning.bins, self.last_edge, slot_scale.data_ptr(), _ptr(go), loss_weight,
             int(self.invalid_not_finite), torch.get_num_threads())
         if self.positives is not None and self.positives.numel():
-            s, _, _ = self._positive_terms()
-            scale = slot_scale[self.positive_slots.long()]
-            if go is not None:
-                scale = (go[self.positives] * loss_weight) * scale
-            positive_grad = (s - 1.0) * scale
+            positive_grad = self._positive_grad(self.positive_slots, slot_scale, go, loss_weight)
             if self.invalid_not_finite:  # NaN * 0 of an ignored element: 0
                 positive_grad.masked_fill_(self.positive_slots == 0, 0.0)
             out[self.positives] = positive_grad
