@@ -54,6 +54,11 @@ COMPARISONS = [
      'pretrained: GHM-C vs CE'),
     ('E4', 'diff', ('ghm-pretrained_shapes', 'ghmc-pretrained_shapes'), 0.01,
      'pretrained: GHM-C + GHM-R vs GHM-C + smooth L1'),
+    # the ablation finalists (ABLATIONS below), 3 seeds against their base
+    ('Ablation', 'diff', ('ghmc-bins10_shapes', 'ghmc_shapes'), 0.01,
+     'GHM-C bins 10 vs 30 (momentum 0.75, + smooth L1)'),
+    ('Ablation', 'diff', ('ghmc-mom05_shapes', 'ghmc_shapes'), 0.01,
+     'GHM-C momentum 0.5 vs 0.75 (bins 30, + smooth L1)'),
 ]
 
 # (ablation, its base): screened at seed 0; |Δ| >= FINALIST makes a finalist for 3 seeds
