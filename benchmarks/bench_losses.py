@@ -1,7 +1,9 @@
 """Side-by-side benchmark: mmdet_ghm's GHMC/GHMR vs mmdet's GHMC/GHMR vs plain losses.
 
-Forward + backward time (median over interleaved rounds; in each round every method is timed on
-its second call in a row, with Python's garbage collector paused as timeit does) and extra peak memory of one forward + backward, at RetinaNet scale:
+Forward + backward time (median over interleaved rounds of the methods of one kind, GHM-C's
+and GHM-R's apart, so that a box loss never follows a 30-80 MiB classification call and finds
+cold caches its reference did not; in each round every method is timed on its second call in a
+row, with Python's garbage collector paused as timeit does) and extra peak memory of one forward + backward, at RetinaNet scale:
 50k anchors x 80 classes (GHM-C: bins 30, momentum 0.75) and 50k x 4 box deltas (GHM-R: mu 0.02,
 bins 10, momentum 0.7). On CPU (2 threads by default) and, where a GPU is present, on CUDA (there
 with a fused focal loss as the reference too).
@@ -130,11 +132,14 @@ def time_all(device, rounds):
         for _ in range(2):
             fwd_bwd(fn, pred)
     sync(device)
+    kinds = [{name: b for name, b in built.items() if table[name][0] == kind}
+             for kind in ('cls', 'reg')]
     gc.disable()  # as timeit does: a collection of mmdet's many objects lands on whichever call
     try:
-        for _ in range(rounds):
-            gc.collect()
-            _time_round(built, samples, device)
+        for same_kind in kinds:
+            for _ in range(rounds):
+                gc.collect()
+                _time_round(same_kind, samples, device)
     finally:
         gc.enable()
     wall = {name: statistics.median(w for w, _ in v) for name, v in samples.items()}

@@ -55,12 +55,15 @@ class GradientDensity(nn.Module):
         self.register_buffer('acc_sum', torch.zeros(self.bins))
         self.register_buffer('num_updates', torch.zeros(self.bins))
         self._unit_edges = is_unit_edges(self.edges)
+        self._binning: Optional[Binning] = None
         self._recorded: Optional[Tensor] = None  # see start_recording()
 
     @property
     def binning(self) -> Binning:
         """The binning of the current edges (on the edges' device)."""
-        return Binning(self.edges, self._unit_edges)
+        if self._binning is None or self._binning.edges is not self.edges:
+            self._binning = Binning(self.edges, self._unit_edges)
+        return self._binning
 
     @property
     def num_slots(self) -> int:
@@ -212,3 +215,4 @@ class GradientDensity(nn.Module):
             state_dict.setdefault(prefix + key, getattr(self, key).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._unit_edges = is_unit_edges(self.edges)
+        self._binning = None

@@ -5,6 +5,7 @@ and says what was expected. Good inputs are brought to what the functionals in :
 take, with mmdet 3.3.0's meaning wherever mmdet accepts them (numpy scalars, one-hot integer
 targets, label weights that broadcast over pred).
 """
+import functools
 import math
 import numbers
 from typing import NamedTuple, Optional
@@ -53,13 +54,19 @@ def check_mu(mu) -> float:
     return check_real('mu', mu, 'a finite float > 0', lambda m: 0.0 < m < math.inf)
 
 
+@functools.lru_cache(maxsize=None)
+def mu_squared(mu: float, dtype: torch.dtype) -> float:
+    """mmdet adds the Python double ``mu * mu`` to the tensor: it is rounded to its dtype first."""
+    return float(torch.tensor(mu * mu, dtype=dtype))
+
+
 def check_mu_for(mu, pred: Tensor) -> float:
     """``mu`` for pred's compute dtype (float64, else float32): mmdet adds the double ``mu * mu``
     rounded to it, and a square that underflows to 0 (g = 0 / 0 where pred == target) or
     overflows leaves no meaningful loss or gradient."""
     mu = check_mu(mu)
     dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
-    square = float(torch.tensor(mu * mu, dtype=dtype))
+    square = mu_squared(mu, dtype)
     if not 0.0 < square < math.inf:
         limits = torch.finfo(dtype)
         smallest = limits.smallest_normal * limits.eps  # the smallest subnormal

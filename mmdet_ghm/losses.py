@@ -7,6 +7,7 @@ labels never become one-hot N x C tensors, soft float targets work, ``avg_factor
 both, ``reduction='sum'`` works, every input dtype is computed in float32, CUDA tensors run fused
 Triton kernels, and nothing syncs with the device.
 """
+import math
 import warnings
 from typing import Optional
 
@@ -222,12 +223,12 @@ class GHMR(_GHMLoss):
         # NaN / inf weights make mmdet's normalizer (their sum) NaN / inf: on the CPU a
         # ValueError; synced, after the all-reduce that every rank joins (each skips the call)
         on_cpu, synced = x.pred.device.type == 'cpu', self._syncs_with_other_ranks()
-        bad_here = on_cpu and x.label_weight is not None and not bool(
-            torch.isfinite(x.label_weight.sum(dtype=torch.float32)))
+        tot = None if x.label_weight is None else x.label_weight.sum(dtype=torch.float32)
+        bad_here = on_cpu and tot is not None and not math.isfinite(tot.item())
         if bad_here and not synced:
             raise GHMArgumentError(_weight_sum_message(here=True))
         loss = ghmr_loss(x.pred, x.target, x.label_weight, self.density, mu, self.loss_weight,
-                         reduction)
+                         reduction, tot=tot)
         if on_cpu and synced and bool(torch.isnan(loss).any()):  # only a skipped call, here
             raise GHMArgumentError(_weight_sum_message(here=bad_here))
         return loss

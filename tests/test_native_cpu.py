@@ -81,7 +81,7 @@ def _cls_problem(m, c, dtype=torch.float32, seed=0, scale=3.0):
     return pred, labels, row_weight, element_weight, soft
 
 
-# (M, C): empty, one element, odd, crossing the C++ tiles (1024) and blocks (65536) unevenly
+# (M, C): empty, one element, odd, crossing the C++ tiles (1024) and blocks (16384) unevenly
 SHAPES = [(0, 5), (1, 1), (7, 3), (1031, 7), (70001, 3)]
 
 
@@ -226,6 +226,59 @@ def test_ghmr_native_equals_pytorch_passes(shape, weighted, reduction, scale, py
     native = _run(module, pred, args, reduction)
     pytorch_passes(True)
     reference = _run(module, pred, args, reduction)
+    _assert_same(native, reference)
+
+
+def _grads_for_grad_out(module_factory, pred, args, reduction):
+    """(losses, grads, state) of three calls, each backpropagating grad_out other than 1."""
+    module = module_factory()
+    losses, grads = [], []
+    for step in range(3):
+        p = pred.clone().requires_grad_()
+        loss = module(p, *args)
+        grad_out = torch.rand(loss.shape, generator=torch.Generator().manual_seed(step)) * 7
+        loss.backward(grad_out)
+        losses.append(loss.detach())
+        grads.append(p.grad)
+    return losses, grads, {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize('loss', ['ghmc', 'ghmr'])
+@pytest.mark.parametrize('momentum', [0.0, 0.7])
+@pytest.mark.parametrize('reduction', ['mean', 'sum', 'none'])
+def test_native_gradient_for_any_grad_out_and_loss_weight(loss, momentum, reduction,
+                                                           pytorch_passes):
+    """The C++ slot scale ((grad_out * loss_weight) / divisor) * weight and the C++ weighing,
+    with a loss_weight and grad_out that float32 does not hold exactly: PyTorch's bits."""
+    pred, labels, row_weight, _, _ = _cls_problem(3001, 9)
+    if loss == 'ghmc':
+        def module():
+            return GHMC(bins=30, momentum=momentum, loss_weight=0.3, reduction=reduction)
+        args = (labels, row_weight)
+    else:
+        pred = pred[:, :4] * 0.1
+
+        def module():
+            return GHMR(bins=10, momentum=momentum, loss_weight=0.3, reduction=reduction)
+        args = (pred * 0.5 + 0.01, row_weight[:, None].expand(-1, 4) * 1.7)
+    native = _grads_for_grad_out(module, pred, args, reduction)
+    pytorch_passes(True)
+    reference = _grads_for_grad_out(module, pred, args, reduction)
+    _assert_same(native, reference)
+
+
+@pytest.mark.parametrize('weight_dtype', [torch.float64, torch.float16, torch.bool, torch.int64])
+def test_ghmr_native_weights_of_any_dtype(weight_dtype, pytorch_passes):
+    """The C++ pass reads float32 weights (valid where > 0): a float64 weight too small for
+    float32 stays valid, as in mmdet's label_weight > 0."""
+    gen = torch.Generator().manual_seed(2)
+    pred, target = torch.randn(501, 4, generator=gen), torch.randn(501, 4, generator=gen)
+    weight = (torch.rand(501, 4, generator=gen) * 3 - 1).to(weight_dtype)
+    if weight_dtype == torch.float64:
+        weight[::7] = 1e-60
+    native = _run(lambda: GHMR(bins=10, momentum=0.7), pred, (target, weight), 'sum')
+    pytorch_passes(True)
+    reference = _run(lambda: GHMR(bins=10, momentum=0.7), pred, (target, weight), 'sum')
     _assert_same(native, reference)
 
 

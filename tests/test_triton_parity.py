@@ -312,53 +312,6 @@ def test_non_finite_valid_element_poisons_the_call_ignored_one_does_not():
     assert torch.equal(density.acc_sum, mm.acc_sum)
 
 
-class _WeighCall:
-    """The attributes of ops.function._Call that weigh() reads."""
-
-    def __init__(self, density, reduction, tot=None, poison=None, loss_weight=0.7):
-        self.density, self.reduction, self.tot, self.poison = density, reduction, tot, poison
-        self.loss_weight, self.can_raise = loss_weight, False
-        self.non_finite_message = None
-
-
-@pytest.mark.parametrize('momentum', [0.0, 0.75])
-@pytest.mark.parametrize('reduction', ['mean', 'sum', 'none'])
-@pytest.mark.parametrize('case', ['plain', 'tot', 'poison', 'non_finite', 'empty_bins'])
-def test_weighing_kernel_equals_the_pytorch_weighing(momentum, reduction, case):
-    """The fused weighing (one kernel) against GHMBackend.weigh's PyTorch ops, over four calls
-    on one state: slot weights, EMA state, divisor and skip flag bit for bit, the loss within
-    float64 summation order (it is a float64 dot product rounded to float32)."""
-    from mmdet_ghm.ops.backend import GHMBackend
-    gen = torch.Generator().manual_seed(3)
-    pred = torch.randn(50, 7, generator=gen)
-    backend = ClassificationTriton(pred, None, torch.rand(50, 7, generator=gen), None,
-                                   GradientDensity(12, momentum).binning)
-    fused, plain = GradientDensity(12, momentum), GradientDensity(12, momentum)
-    for call_no in range(4):
-        counts = torch.randint(0, 40, (14,), generator=gen)
-        if case == 'empty_bins':
-            counts[torch.rand(14, generator=gen) < 0.5] = 0
-        sums = counts.double() * torch.rand(14, generator=gen, dtype=torch.float64)
-        tot = torch.tensor(123.0) if case == 'tot' else None
-        poison = torch.tensor(call_no == 2) if case == 'poison' else None
-        if case == 'non_finite' and call_no == 1:
-            sums[5] = float('nan')
-        got = backend.weigh(counts, sums, _WeighCall(fused, reduction, tot, poison))
-        want = GHMBackend.weigh(backend, counts, sums, _WeighCall(plain, reduction, tot, poison))
-        assert torch.equal(got.slot_weight, want.slot_weight)
-        assert bool(got.skip) == bool(want.skip)
-        assert torch.equal(fused.acc_sum, plain.acc_sum)
-        assert torch.equal(fused.num_updates, plain.num_updates)
-        if reduction == 'none':
-            assert got.loss is None and want.loss is None
-            continue
-        if reduction == 'mean':
-            assert torch.equal(got.divisor, want.divisor)
-        torch.testing.assert_close(got.loss, want.loss, rtol=1e-7, atol=0, equal_nan=True)
-    if case in ('poison', 'non_finite'):
-        assert int(fused.num_updates.max()) <= (3 if momentum else 0)
-
-
 def test_float64_gradient_factor_is_float64_on_every_path():
     """float64 pred: the backward factor ((grad_out * loss_weight) / divisor) * weight is formed
     in float64 by the Triton kernel, the CPU backend and the differentiable (create_graph) path

@@ -41,11 +41,6 @@ def compute_dtype(pred: Tensor) -> torch.dtype:
     return torch.float64 if pred.dtype == torch.float64 else torch.float32
 
 
-def mu_squared(mu: float, dtype: torch.dtype) -> float:
-    """mmdet adds the Python double ``mu * mu`` to the tensor: it is rounded to its dtype first."""
-    return float(torch.tensor(mu * mu, dtype=dtype))
-
-
 def slot_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
                  loss_weight: float, elementwise: bool,
                  dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:

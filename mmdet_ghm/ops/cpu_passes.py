@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backend import GHMBackend, compute_dtype, mu_squared, slot_factors
+from ..inputs import mu_squared
+from .backend import GHMBackend, compute_dtype, slot_factors
 
 CHUNK = 1 << 18
 # at::internal::GRAIN_SIZE: an element-wise op on fewer elements runs on one thread
@@ -48,6 +49,15 @@ def _aligned_length(n: int, threads: int) -> int:
         if aligned == m:
             return m
         m = aligned
+
+
+def padded_length(n: int, threads: int) -> int:
+    """The shortest length m >= n that :func:`_exact` computes in one vectorized call: a buffer
+    of m elements takes the exact op in place in one PyTorch call, with no tail."""
+    m = -(-n // VECTOR_STEP) * VECTOR_STEP
+    while _aligned_length(m, threads) != m:
+        m += VECTOR_STEP
+    return m
 
 
 def _exact(fn, x: Tensor, out: Tensor) -> Tensor:
@@ -355,8 +365,7 @@ class RegressionCPU(GHMBackend):
         self.pred = pred.detach().contiguous().view(-1)
         self.numel = self.pred.numel()
         self.target = target.detach().contiguous().view(-1)
-        self.valid = None if weight is None else (
-            weight.detach() > 0).reshape(-1).to(binning.slot_dtype)
+        self.weight = None if weight is None else weight.detach()
         self.binning, self.mu = binning, float(mu)
         self.mu_sq = mu_squared(self.mu, self.dtype)
         self.slots: Optional[Tensor] = None
@@ -364,6 +373,13 @@ class RegressionCPU(GHMBackend):
 
     def backward_reads(self) -> Tuple[Tensor, ...]:
         return (self.target,)  # validity: kept in the slots
+
+    @functools.cached_property
+    def valid(self) -> Optional[Tensor]:
+        """Flat 0/1 validity (weight > 0) in the slots' dtype, or None."""
+        if self.weight is None:
+            return None
+        return (self.weight > 0).reshape(-1).to(self.binning.slot_dtype)
 
     def _diff_root(self) -> Tuple[Tensor, Tensor]:
         d = self.pred.to(self.dtype) - self.target.to(self.dtype)

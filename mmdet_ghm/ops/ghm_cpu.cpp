@@ -20,10 +20,14 @@
 #include <vector>
 
 #include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 namespace {
 
-constexpr int64_t BLOCK = 1 << 16;
+// Small enough that GHM-R's N x 4 (some 200k elements) splits evenly over a few threads.
+constexpr int64_t BLOCK = 1 << 14;
 // A block is walked in tiles: a branch-free (vectorizable) loop forms each element's slot and
 // loss terms into tile buffers, then a scalar loop adds them to the slot accumulators.
 constexpr int64_t TILE = 1024;
@@ -68,9 +72,11 @@ inline uint8_t soft_slot(float g, int bins, float last_edge) {
     return static_cast<uint8_t>(inside ? slot : bins + 1);
 }
 
-// slot[j] = 0 where the element is invalid (v[j] == 0).
-inline void mask_invalid(uint8_t *__restrict slot, const uint8_t *__restrict v, int64_t len) {
-    for (int64_t j = 0; j < len; ++j) slot[j] = v[j] ? slot[j] : 0;
+// slot[j] = 0 where the element is invalid: its weight (GHM-R) or validity byte (GHM-C) is
+// not > 0 (a NaN weight too, as mmdet's label_weight > 0).
+template <typename W>
+inline void mask_invalid(uint8_t *__restrict slot, const W *__restrict w, int64_t len) {
+    for (int64_t j = 0; j < len; ++j) slot[j] = w[j] > 0 ? slot[j] : 0;
 }
 
 // Slots of elements [a, a + len) into slot[0 .. len): binned, then 0 where invalid.
@@ -181,14 +187,35 @@ void histogram_block(const Problem &p, const int64_t *skip, const int64_t *skip_
     }
 }
 
-// The backward of one tile: g = (s - t) * factor in place (see ghmc_grad); one loop per case so
-// that each vectorizes.
+// out[j] = table[slot[j]] for j < len (len <= TILE, slots <= 256 entries): with AVX-512 and at
+// most 32 slots one permute per 16 elements, else a load per element (compilers do not
+// vectorize a table lookup by themselves).
+inline void lookup_slots(const uint8_t *__restrict slot, int64_t len, const float *table,
+                         int slots, float *__restrict out) {
+    int64_t j = 0;
+#ifdef __AVX512F__
+    if (slots <= 32) {
+        alignas(64) float padded[32] = {};
+        std::memcpy(padded, table, slots * sizeof(float));
+        const __m512 low = _mm512_load_ps(padded), high = _mm512_load_ps(padded + 16);
+        for (; j + 16 <= len; j += 16) {
+            const __m512i index = _mm512_cvtepu8_epi32(
+                _mm_loadu_si128(reinterpret_cast<const __m128i *>(slot + j)));
+            _mm512_storeu_ps(out + j, _mm512_permutex2var_ps(low, index, high));
+        }
+    }
+#endif
+    for (; j < len; ++j) out[j] = table[slot[j]];
+}
+
+// The backward of one tile: g = (s - t) * factor in place (see ghmc_grad), scale[j] the
+// element's slot scale (lookup_slots); one loop per case so that each vectorizes.
 template <bool HasTarget, bool HasGradOut>
 void scale_tile_as(float *__restrict g, const float *__restrict t, const float *__restrict go,
-                   const uint8_t *__restrict slot, int64_t len,
-                   const float *__restrict slot_scale, float go_scale, bool zero_invalid) {
+                   const uint8_t *__restrict slot, int64_t len, const float *__restrict scale,
+                   float go_scale, bool zero_invalid) {
     for (int64_t j = 0; j < len; ++j) {
-        float factor = slot_scale[slot[j]];
+        float factor = scale[j];
         if (HasGradOut) factor = (go[j] * go_scale) * factor;
         const float diff = HasTarget ? g[j] - t[j] : g[j];
         g[j] = zero_invalid && slot[j] == 0 ? 0.0f : diff * factor;
@@ -216,27 +243,27 @@ void parallel_blocks(int64_t num_blocks, int threads, Fn fn) {
     }
 }
 
-// GHM-R's gradient of one tile: autograd's order through sqrt(d * d + mu_sq), half = (factor /
-// (2 root)) * d, grad = half + half; factor as in scale_tile_as.
+// GHM-R's gradient of elements [0, len): autograd's order through sqrt(d * d + mu_sq), half =
+// (factor / (2 root)) * d, grad = half + half; scale and factor as in scale_tile_as.
 template <bool HasGradOut>
 void asl1_grad_tile(const float *__restrict p, const float *__restrict t,
                     const float *__restrict root, const uint8_t *__restrict slot, int64_t len,
-                    const float *__restrict slot_scale, const float *__restrict go,
+                    const float *__restrict scale, const float *__restrict go,
                     float go_scale, bool zero_invalid, float *__restrict g) {
     for (int64_t j = 0; j < len; ++j) {
-        float factor = slot_scale[slot[j]];
+        float factor = scale[j];
         if (HasGradOut) factor = (go[j] * go_scale) * factor;
         const float half = (factor / (2.0f * root[j])) * (p[j] - t[j]);
         g[j] = zero_invalid && slot[j] == 0 ? 0.0f : half + half;
     }
 }
 
-// GHM-R's slots of one tile, g = |d / root|, then 0 where invalid.
+// GHM-R's slots of one tile, g = |d / root|, then 0 where the weight is not > 0.
 void asl1_tile_slots(const float *__restrict p, const float *__restrict t,
-                     const float *__restrict root, const uint8_t *valid, int bins, int64_t len,
+                     const float *__restrict root, const float *weight, int bins, int64_t len,
                      uint8_t *__restrict slot) {
     for (int64_t j = 0; j < len; ++j) slot[j] = hard_slot(std::fabs((p[j] - t[j]) / root[j]), bins);
-    if (valid) mask_invalid(slot, valid, len);
+    if (weight) mask_invalid(slot, weight, len);
 }
 
 // The blocks' counts and sums, added in block order (the same bits for any thread count).
@@ -287,12 +314,14 @@ void ghmc_grad(int64_t n, int64_t cols, float *grad, const float *t, const uint8
     const Problem p{n, cols, nullptr, grad, t, valid, valid_per_row, bins, last_edge};
     parallel_blocks((n + BLOCK - 1) / BLOCK, threads, [&](int64_t b) {
         uint8_t slot[TILE];
+        float scale[TILE];
         const int64_t block_end = std::min((b + 1) * BLOCK, n);
         for (int64_t a = b * BLOCK; a < block_end; a += TILE) {
             const int64_t len = std::min(TILE, block_end - a);
             tile_slots(p, a, len, slot);
+            lookup_slots(slot, len, slot_scale, bins + 2, scale);
             scale_tile(grad + a, t ? t + a : nullptr, grad_out ? grad_out + a : nullptr, slot,
-                       len, slot_scale, grad_out_scale, zero_invalid != 0);
+                       len, scale, grad_out_scale, zero_invalid != 0);
         }
     });
 }
@@ -313,10 +342,11 @@ void ghmr_square(int64_t n, const float *pred, const float *target, float mu_sq,
     });
 }
 
-// GHM-R, the forward's pass: g = |d / root|; counts and sums of root - mu per slot.
+// GHM-R, the forward's pass: g = |d / root|; each element's slot into slot_out (n bytes: the
+// backward reads them instead of binning again) and the counts and sums of root - mu per slot.
 void ghmr_histogram(int64_t n, const float *pred, const float *target, const float *root,
-                    const uint8_t *valid, float mu, int bins, int threads, int64_t *counts,
-                    double *sums) {
+                    const float *weight, float mu, int bins, int threads, uint8_t *slot_out,
+                    int64_t *counts, double *sums) {
     const int slots = bins + 2;
     const int64_t num_blocks = (n + BLOCK - 1) / BLOCK;
     std::vector<int64_t> block_counts(num_blocks * slots);
@@ -324,14 +354,15 @@ void ghmr_histogram(int64_t n, const float *pred, const float *target, const flo
     parallel_blocks(num_blocks, threads, [&](int64_t b) {
         std::vector<int64_t> cnt(SPREAD * slots, 0);
         std::vector<double> sum(SPREAD * slots, 0.0);
-        uint8_t slot[TILE];
         int16_t index[TILE];
         float loss[TILE];
         const int64_t block_end = std::min((b + 1) * BLOCK, n);
         for (int64_t a = b * BLOCK; a < block_end; a += TILE) {
             const int64_t len = std::min(TILE, block_end - a);
             const float *__restrict r = root + a;
-            asl1_tile_slots(pred + a, target + a, r, valid ? valid + a : nullptr, bins, len, slot);
+            uint8_t *__restrict slot = slot_out + a;
+            asl1_tile_slots(pred + a, target + a, r, weight ? weight + a : nullptr, bins, len,
+                            slot);
             for (int64_t j = 0; j < len; ++j) {
                 loss[j] = r[j] - mu;
                 index[j] = static_cast<int16_t>(static_cast<int>(j % SPREAD) * slots + slot[j]);
@@ -355,26 +386,85 @@ void ghmr_histogram(int64_t n, const float *pred, const float *target, const flo
     sum_blocks(num_blocks, slots, block_counts.data(), block_sums.data(), counts, sums);
 }
 
-// GHM-R, the backward (asl1_grad_tile); grad_out, zero_invalid as in ghmc_grad.
+// GHM-R, the backward (asl1_grad_tile) from the forward's slots; grad_out, zero_invalid as in
+// ghmc_grad.
 void ghmr_grad(int64_t n, const float *pred, const float *target, const float *root,
-               const uint8_t *valid, int bins, const float *slot_scale, const float *grad_out,
+               const uint8_t *slot, int slots, const float *slot_scale, const float *grad_out,
                float grad_out_scale, int zero_invalid, int threads, float *grad) {
     parallel_blocks((n + BLOCK - 1) / BLOCK, threads, [&](int64_t b) {
-        uint8_t slot[TILE];
+        float scale[TILE];
         const int64_t block_end = std::min((b + 1) * BLOCK, n);
         for (int64_t a = b * BLOCK; a < block_end; a += TILE) {
             const int64_t len = std::min(TILE, block_end - a);
-            const float *p = pred + a, *t = target + a, *r = root + a;
-            asl1_tile_slots(p, t, r, valid ? valid + a : nullptr, bins, len, slot);
+            lookup_slots(slot + a, len, slot_scale, slots, scale);
             if (grad_out) {
-                asl1_grad_tile<true>(p, t, r, slot, len, slot_scale, grad_out + a,
-                                     grad_out_scale, zero_invalid != 0, grad + a);
+                asl1_grad_tile<true>(pred + a, target + a, root + a, slot + a, len, scale,
+                                     grad_out + a, grad_out_scale, zero_invalid != 0, grad + a);
             } else {
-                asl1_grad_tile<false>(p, t, r, slot, len, slot_scale, nullptr,
-                                      grad_out_scale, zero_invalid != 0, grad + a);
+                asl1_grad_tile<false>(pred + a, target + a, root + a, slot + a, len, scale,
+                                      nullptr, grad_out_scale, zero_invalid != 0, grad + a);
             }
         }
     });
+}
+
+// Everything between the histogram and the backward, for one rank without bias correction:
+// GradientDensity.update's rounding (the twin of triton_kernels.ghm_weigh_kernel). The EMA state
+// acc / updates (float32, bins) is updated in place unless the call is skipped; slot_weight
+// (float32, bins + 2) receives the weights. tot: the normalizer (null: the valid elements,
+// numel - counts[0]); poison: a flag byte (or null). For a reduced loss (reduction 1 'mean',
+// 2 'sum'), loss and divisor (float32; the divisor 1 for 'sum'). flags[0]: skipped (a valid
+// element's loss sum, or tot, not finite, or poison); flags[1]: a loss sum was not finite.
+void ghm_weigh(int bins, const int64_t *counts, const double *sums, int64_t numel,
+               const float *tot_in, const uint8_t *poison, double momentum, double keep,
+               float *acc, float *updates, int reduction, float loss_weight, float *slot_weight,
+               float *loss, float *divisor, uint8_t *flags) {
+    bool non_finite = false;
+    for (int slot = 1; slot <= bins + 1; ++slot) non_finite |= !std::isfinite(sums[slot]);
+    float tot = tot_in ? *tot_in : static_cast<float>(numel - counts[0]);
+    const bool skip = non_finite || (poison && *poison) || !std::isfinite(tot);
+    tot = tot < 1.0f ? 1.0f : tot;  // clamp(min=1); NaN stays NaN
+    int nonempty = 0;
+    for (int b = 1; b <= bins; ++b) nonempty += counts[b] > 0;
+    const float num_nonempty = static_cast<float>(std::max(nonempty, 1));
+    double total = 0.0;
+    slot_weight[0] = slot_weight[bins + 1] = 0.0f;
+    for (int b = 0; b < bins; ++b) {
+        const int64_t count = counts[b + 1];
+        float weight;
+        if (momentum > 0.0) {
+            // mmdet: acc = m * acc + (1 - m) * count, the second term formed in float64;
+            // its `tot / acc` is reciprocal(acc) * tot
+            const float ema = acc[b] * static_cast<float>(momentum) +
+                              static_cast<float>(keep * count);
+            if (count > 0 && !skip) {
+                acc[b] = ema;
+                updates[b] += 1.0f;
+            }
+            weight = (1.0f / acc[b]) * tot;
+        } else {
+            weight = static_cast<float>(static_cast<double>(tot) / count);
+        }
+        weight = (count > 0 ? weight : 0.0f) / num_nonempty;
+        slot_weight[b + 1] = weight;
+        total += sums[b + 1] * weight;
+    }
+    flags[0] = skip;
+    flags[1] = non_finite;
+    if (reduction == 0) return;
+    // PyTorch's float32 order: (sum / divisor) * loss_weight, divisor = float32(tot + eps)
+    *divisor = reduction == 1 ? static_cast<float>(tot + 0x1p-23) : 1.0f;
+    const float reduced = (static_cast<float>(total) / *divisor) * loss_weight;
+    *loss = skip ? std::nanf("") : reduced;
+}
+
+// A reduced loss's gradient factor per slot, in autograd's order in mmdet:
+// ((grad_out * loss_weight) / divisor) * slot_weight[slot]; divisor null: none ('sum').
+void ghm_slot_scale(int slots, const float *slot_weight, const float *grad_out,
+                    float loss_weight, const float *divisor, float *scale) {
+    float factor = *grad_out * loss_weight;
+    if (divisor) factor = factor / *divisor;
+    for (int slot = 0; slot < slots; ++slot) scale[slot] = factor * slot_weight[slot];
 }
 
 }  // extern "C"

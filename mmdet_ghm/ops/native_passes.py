@@ -13,11 +13,14 @@ GHM-C forward: PyTorch's sigmoid (its bits decide the bins), then one C++ pass t
 and sums the loss per slot; backward: PyTorch's sigmoid into the gradient, then one C++ pass that
 bins again and scales it in place. Nothing of the input's size is kept between them beyond the
 detached inputs (a contiguous copy where pred is not contiguous; one byte per element for
-per-element weights); GHM-R keeps its root, N x 4.
+per-element weights). GHM-R: one C++ pass forms d * d + mu^2, PyTorch's sqrt the root, one C++
+pass bins, counts and sums, keeping the root and the slots (N x 4) for the backward's one pass.
+Between them, the density's update and the reduced loss are one C++ call too (``ghm_weigh``).
 """
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import os.path as osp
 import platform
@@ -31,8 +34,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .backend import slot_factors
-from .cpu_passes import ClassificationCPU, RegressionCPU, _exact
+from .backend import Weighing
+from .cpu_passes import ClassificationCPU, RegressionCPU, _exact, padded_length
 
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'ghm_cpu.cpp')
 # -ffp-contract=off: no FMA may change a rounding (GCC contracts by default where FMA exists).
@@ -41,14 +44,18 @@ SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'ghm_cpu.cpp')
 # -march=native: compiled where it runs; the key names the CPU (a cache shared over NFS).
 FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-fopenmp',
          '-ffp-contract=off', '-fno-trapping-math', '-fno-math-errno')
-_p, _i64, _i32, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+_p, _i64, _i32, _f32, _f64 = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float,
+                              ctypes.c_double)
 SIGNATURES = {
     'ghmc_histogram': [_i64, _i64, _p, _p, _p, _p, _i32, _p, _i64, _i32, _f32, _i32, _p, _p],
     'ghmc_grad': [_i64, _i64, _p, _p, _p, _i32, _i32, _f32, _p, _p, _f32, _i32, _i32],
     'ghmr_square': [_i64, _p, _p, _f32, _i32, _p],
-    'ghmr_histogram': [_i64, _p, _p, _p, _p, _f32, _i32, _i32, _p, _p],
+    'ghmr_histogram': [_i64, _p, _p, _p, _p, _f32, _i32, _i32, _p, _p, _p],
     'ghmr_grad': [_i64, _p, _p, _p, _p, _i32, _p, _p, _f32, _i32, _i32, _p],
+    'ghm_weigh': [_i32, _p, _p, _i64, _p, _p, _f64, _f64, _p, _p, _i32, _f32, _p, _p, _p, _p],
+    'ghm_slot_scale': [_i32, _p, _p, _f32, _p, _p],
 }
+REDUCTIONS = dict(none=0, mean=1, sum=2)
 
 
 def cache_dir() -> str:
@@ -132,14 +139,54 @@ def _float32(t: Optional[Tensor]) -> Optional[Tensor]:
 
 def _float32_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
                      loss_weight: float, elementwise: bool) -> Tuple[Tensor, Optional[Tensor]]:
-    """:func:`~.backend.slot_factors` as the C++ passes read them: contiguous float32."""
-    slot_scale, go = slot_factors(slot_weight, grad_out, divisor, loss_weight, elementwise,
-                                  torch.float32)
-    return (slot_scale.contiguous(),
-            None if go is None else go.detach().reshape(-1).float().contiguous())
+    """:func:`~.backend.slot_factors` as the C++ passes read them (contiguous float32), a
+    reduced loss's in one C++ call instead of four tiny PyTorch ops."""
+    slot_weight = slot_weight.float().contiguous()
+    go = grad_out.detach().float().contiguous()
+    if elementwise:
+        return slot_weight, go.view(-1)
+    slot_scale = torch.empty_like(slot_weight)
+    library().ghm_slot_scale(slot_weight.numel(), slot_weight.data_ptr(), go.data_ptr(),
+                             loss_weight, _ptr(divisor), slot_scale.data_ptr())
+    return slot_scale, None
 
 
-class ClassificationNative(ClassificationCPU):
+class _NativeWeighing:
+    """:meth:`~.backend.GHMBackend.weigh` in one C++ call (``ghm_weigh``, the twin of the Triton
+    weighing kernel) instead of some 30 tiny PyTorch ops. Under ``sync_across_ranks`` with
+    several ranks or with ``bias_correction`` (its float64 ``pow``): the PyTorch ops."""
+
+    def weigh(self, slot_counts: Tensor, slot_loss_sums: Tensor, call) -> Weighing:
+        density = call.density
+        if (density.synchronizes() or density.bias_correction
+                or density.acc_sum.device.type != 'cpu'):
+            return super().weigh(slot_counts, slot_loss_sums, call)
+        try:
+            state = density.acc_sum.data_ptr(), density.num_updates.data_ptr()
+        except RuntimeError:  # a state built inside torch.func.grad: functorch's wrappers
+            return super().weigh(slot_counts, slot_loss_sums, call)
+        density.record(slot_counts)
+        slot_weight = torch.empty(slot_counts.numel(), dtype=torch.float32)
+        loss, divisor = torch.empty((), dtype=torch.float32), torch.empty((), dtype=torch.float32)
+        flags = torch.empty(2, dtype=torch.uint8)  # skipped, a loss sum not finite
+        tot = None if call.tot is None else call.tot.float().reshape(())
+        poison = None if call.poison is None else call.poison.reshape(()).to(torch.uint8)
+        reduction = REDUCTIONS[call.reduction]
+        self.lib.ghm_weigh(
+            density.bins, slot_counts.data_ptr(), slot_loss_sums.data_ptr(), self.numel,
+            _ptr(tot), _ptr(poison), density.momentum, 1 - density.momentum,
+            *state, reduction,
+            call.loss_weight, slot_weight.data_ptr(), loss.data_ptr(), divisor.data_ptr(),
+            flags.data_ptr())
+        if call.can_raise and flags[1].item():  # the state was left untouched
+            raise ValueError(call.non_finite_message(True))
+        skip = flags[0].view(torch.bool)
+        if reduction == 0:
+            return Weighing(slot_weight, None, None, skip)
+        return Weighing(slot_weight, loss, divisor if reduction == 1 else None, skip)
+
+
+class ClassificationNative(_NativeWeighing, ClassificationCPU):
     """GHM-C on an (M, C) problem, :class:`ClassificationCPU`'s contract; its dense passes in
     C++. Integer labels: the positives are left out of the dense pass and binned apart (M at
     most, PyTorch ops)."""
@@ -171,7 +218,7 @@ class ClassificationNative(ClassificationCPU):
         del s
         if self.positives is not None and self.positives.numel():
             self.positive_slots = self._add_positives(counts, sums)
-        self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
+        self.invalid_not_finite = not math.isfinite(sums[0].item())
         return counts, sums
 
     def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
@@ -200,9 +247,10 @@ class ClassificationNative(ClassificationCPU):
         return grad.view(self.M, self.C)
 
 
-class RegressionNative(RegressionCPU):
+class RegressionNative(_NativeWeighing, RegressionCPU):
     """GHM-R, :class:`RegressionCPU`'s contract; its passes in C++ around PyTorch's sqrt (whose
-    bits decide the bins). Kept between forward and backward: the root, pred's size (N x 4)."""
+    bits decide the bins). Kept between forward and backward: the root (pred's size, N x 4) and
+    the uint8 slots."""
 
     def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], binning,
                  mu: float):
@@ -210,26 +258,33 @@ class RegressionNative(RegressionCPU):
         self.lib = library()
         self.root: Optional[Tensor] = None
 
+    def _float32_weight(self) -> Optional[Tensor]:
+        """The weights as the C++ pass reads them (valid where > 0): flat float32 with the same
+        elements > 0 (a float64 weight below float32's range would round to 0)."""
+        if self.weight is None:
+            return None
+        weight = self.weight > 0 if self.weight.dtype == torch.float64 else self.weight
+        return weight.reshape(-1).float().contiguous()
+
     def histogram(self) -> Tuple[Tensor, Tensor]:
         num_slots = self.binning.num_slots
         counts = torch.empty(num_slots, dtype=torch.int64)
         sums = torch.empty(num_slots, dtype=torch.float64)
         pred, target = _float32(self.pred), _float32(self.target)
         threads = torch.get_num_threads()
-        root = torch.empty(self.numel, dtype=torch.float32)
+        # padded so that PyTorch's sqrt takes every element in its vectorized loop, in one call
+        root = torch.empty(padded_length(self.numel, threads), dtype=torch.float32)
         self.lib.ghmr_square(self.numel, pred.data_ptr(), target.data_ptr(), self.mu_sq, threads,
                              root.data_ptr())
-        self.root = _exact(torch.sqrt, root, root)
+        root[self.numel:] = 1.0
+        self.root = torch.sqrt(root, out=root)
+        self.slots = torch.empty(self.numel, dtype=torch.uint8)
+        weight = self._float32_weight()  # a name keeps a converted copy alive over the call
         self.lib.ghmr_histogram(self.numel, pred.data_ptr(), target.data_ptr(), root.data_ptr(),
-                                _ptr(self.valid), self.mu, self.binning.bins, threads,
-                                counts.data_ptr(), sums.data_ptr())
-        self.invalid_not_finite = not bool(torch.isfinite(sums[0]))
+                                _ptr(weight), self.mu, self.binning.bins, threads,
+                                self.slots.data_ptr(), counts.data_ptr(), sums.data_ptr())
+        self.invalid_not_finite = not math.isfinite(sums[0].item())
         return counts, sums
-
-    def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
-        # reduction='none' needs every element's slot: the PyTorch pass forms them
-        RegressionCPU.histogram(self)
-        return super().elementwise_loss(slot_weight, loss_weight)
 
     def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
              loss_weight: float, elementwise: bool) -> Tensor:
@@ -238,7 +293,7 @@ class RegressionNative(RegressionCPU):
         pred, target = _float32(self.pred), _float32(self.target)
         grad = torch.empty(self.numel, dtype=torch.float32)
         self.lib.ghmr_grad(self.numel, pred.data_ptr(), target.data_ptr(), self.root.data_ptr(),
-                           _ptr(self.valid), self.binning.bins, slot_scale.data_ptr(), _ptr(go),
-                           loss_weight, int(self.invalid_not_finite), torch.get_num_threads(),
-                           grad.data_ptr())
+                           self.slots.data_ptr(), self.binning.num_slots, slot_scale.data_ptr(),
+                           _ptr(go), loss_weight,
+                           int(self.invalid_not_finite), torch.get_num_threads(), grad.data_ptr())
         return grad.to(self.pred_dtype).view(self.shape)
