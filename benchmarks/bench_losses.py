@@ -3,12 +3,14 @@
 Forward + backward time (median over interleaved rounds of the methods of one kind, GHM-C's
 and GHM-R's apart, so that a box loss never follows a 30-80 MiB classification call and finds
 cold caches its reference did not; in each round every method is timed on its second call in a
-row, with Python's garbage collector paused as timeit does) and extra peak memory of one forward + backward, at RetinaNet scale:
+row, with Python's garbage collector paused as timeit does, and each round starts at the next
+method, so that every method follows the round's garbage collection, which leaves the caches and
+branch predictors cold for a few calls, equally often) and extra peak memory of one forward + backward, at RetinaNet scale:
 50k anchors x 80 classes (GHM-C: bins 30, momentum 0.75) and 50k x 4 box deltas (GHM-R: mu 0.02,
 bins 10, momentum 0.7). On CPU (2 threads by default) and, where a GPU is present, on CUDA (there
 with a fused focal loss as the reference too).
 
-    python benchmarks/bench_losses.py [--threads 2] [--rounds 15] [--device cpu|cuda|all]
+    python benchmarks/bench_losses.py [--threads 2] [--rounds 30] [--device cpu|cuda|all]
 
 "CPU ms" is the process's CPU time over the same call (all threads; on a shared, oversubscribed
 machine it is steadier than the wall time, which then measures the scheduler as much as the code).
@@ -137,9 +139,11 @@ def time_all(device, rounds):
     gc.disable()  # as timeit does: a collection of mmdet's many objects lands on whichever call
     try:
         for same_kind in kinds:
-            for _ in range(rounds):
+            order = list(same_kind.items())
+            for r in range(rounds):
                 gc.collect()
-                _time_round(same_kind, samples, device)
+                start = r % len(order)
+                _time_round(order[start:] + order[:start], samples, device)
     finally:
         gc.enable()
     wall = {name: statistics.median(w for w, _ in v) for name, v in samples.items()}
@@ -148,9 +152,9 @@ def time_all(device, rounds):
     return wall, cpu, spread
 
 
-def _time_round(built, samples, device):
+def _time_round(methods_in_order, samples, device):
     """One call of every method, interleaved, so machine noise hits every method alike."""
-    for name, (pred, fn) in built.items():
+    for name, (pred, fn) in methods_in_order:
         # one untimed call first: the allocator's state is then this method's own, not what
         # the previous method left (mmdet's GHMC frees ~80 MiB, and the next call pays the page
         # faults of getting memory back)
@@ -224,7 +228,7 @@ def methods_kind(name):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--rounds', type=int, default=15)
+    parser.add_argument('--rounds', type=int, default=30)
     parser.add_argument('--device', default='all', choices=['cpu', 'cuda', 'all'])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

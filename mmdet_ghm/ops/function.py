@@ -9,7 +9,6 @@ and the weights. The backward asks the backend for the gradient (one read, one w
 ``create_graph=True`` the backward is formed from differentiable PyTorch ops instead, so that
 double backward works.
 """
-import inspect
 from typing import Callable, Optional
 
 import torch
@@ -18,9 +17,15 @@ from torch import Tensor
 from ..binning import Binning
 from ..density import GradientDensity
 from ..inputs import mu_squared
+from . import cpu_passes, native_passes
 from .backend import compute_dtype, slot_factors
 
 BACKENDS = (None, 'cpu', 'triton')
+try:  # what Function.apply calls outside torch.func transforms (see GHMFunction.apply)
+    from torch._C import _are_functorch_transforms_active as _functorch_active
+    from torch._functorch.utils import unwrap_dead_wrappers
+except ImportError:
+    _functorch_active = unwrap_dead_wrappers = None
 
 
 def _use_triton(device: torch.device, backend: Optional[str]) -> bool:
@@ -41,7 +46,6 @@ def _backend_chooser(device: torch.device, backend: Optional[str], loss: str):
         from . import triton_passes
         triton_class = getattr(triton_passes, loss + 'Triton')
         return lambda pred, binning: triton_class, True
-    from . import cpu_passes, native_passes
     cpp, pytorch = getattr(native_passes, loss + 'Native'), getattr(cpu_passes, loss + 'CPU')
     return (lambda pred, binning: cpp if native_passes.applies(pred, binning) else pytorch), False
 
@@ -78,6 +82,16 @@ class GHMFunction(torch.autograd.Function):
         loss = backend.elementwise_loss(weighing.slot_weight, call.loss_weight)
         return torch.where(weighing.skip, torch.full_like(loss, float('nan')), loss)
 
+    @classmethod
+    def apply(cls, pred: Tensor, target: Optional[Tensor], call: _Call) -> Tensor:
+        # Function.apply binds the arguments to forward's signature on every call (inspect:
+        # some 40 Python calls) for functorch's sake; outside a torch.func transform it then does
+        # what this does.
+        if _functorch_active is None or _functorch_active():
+            return super().apply(pred, target, call)
+        args = unwrap_dead_wrappers((pred, target, call))
+        return super(torch.autograd.Function, cls).apply(*args)
+
     @staticmethod
     def setup_context(ctx, inputs, output):
         pred, target, call = inputs
@@ -105,11 +119,6 @@ class GHMFunction(torch.autograd.Function):
         grad = call.backend.grad(call.slot_weight, grad_out, call.divisor, call.loss_weight,
                                  elementwise)
         return grad.reshape(pred.shape), None, None
-
-
-# apply() binds its arguments to forward's signature on every call (setup_context's contract);
-# a stored signature spares inspect.signature's ~25 us a call.
-GHMFunction.forward.__signature__ = inspect.signature(GHMFunction.forward)
 
 
 def _factor(slots: Tensor, slot_scale: Tensor, grad_out: Optional[Tensor],

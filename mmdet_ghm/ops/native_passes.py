@@ -134,15 +134,14 @@ def _ptr(t: Optional[Tensor]) -> Optional[int]:
 
 def _float32(t: Optional[Tensor]) -> Optional[Tensor]:
     """No copy for float32; fp16 / bf16 logits or targets: a copy for one pass only."""
-    return None if t is None else t.float()
+    return t if t is None or t.dtype == torch.float32 else t.float()
 
 
 def _float32_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
                      loss_weight: float, elementwise: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """:func:`~.backend.slot_factors` as the C++ passes read them (contiguous float32), a
     reduced loss's in one C++ call instead of four tiny PyTorch ops."""
-    slot_weight = slot_weight.float().contiguous()
-    go = grad_out.detach().float().contiguous()
+    slot_weight, go = _float32(slot_weight).contiguous(), _float32(grad_out).contiguous()
     if elementwise:
         return slot_weight, go.view(-1)
     slot_scale = torch.empty_like(slot_weight)
@@ -169,7 +168,7 @@ class _NativeWeighing:
         slot_weight = torch.empty(slot_counts.numel(), dtype=torch.float32)
         loss, divisor = torch.empty((), dtype=torch.float32), torch.empty((), dtype=torch.float32)
         flags = torch.empty(2, dtype=torch.uint8)  # skipped, a loss sum not finite
-        tot = None if call.tot is None else call.tot.float().reshape(())
+        tot = None if call.tot is None else _float32(call.tot).reshape(())
         poison = None if call.poison is None else call.poison.reshape(()).to(torch.uint8)
         reduction = REDUCTIONS[call.reduction]
         self.lib.ghm_weigh(
@@ -296,4 +295,5 @@ class RegressionNative(_NativeWeighing, RegressionCPU):
                            self.slots.data_ptr(), self.binning.num_slots, slot_scale.data_ptr(),
                            _ptr(go), loss_weight,
                            int(self.invalid_not_finite), torch.get_num_threads(), grad.data_ptr())
-        return grad.to(self.pred_dtype).view(self.shape)
+        return (grad if self.pred_dtype == torch.float32 else grad.to(self.pred_dtype)).view(
+            self.shape)
