@@ -1,14 +1,15 @@
 """Side-by-side benchmark: mmdet_ghm's GHMC/GHMR vs mmdet's GHMC/GHMR vs plain losses.
 
-Forward + backward time (median over interleaved rounds of the methods of one kind, GHM-C's
-and GHM-R's apart, so that a box loss never follows a 30-80 MiB classification call and finds
-cold caches its reference did not; in each round every method is timed on its second call in a
-row, with Python's garbage collector paused as timeit does, and each round starts at the next
-method, so that every method follows the round's garbage collection, which leaves the caches and
-branch predictors cold for a few calls, equally often) and extra peak memory of one forward + backward, at RetinaNet scale:
+Forward + backward time and the extra peak memory of one forward + backward, at RetinaNet scale:
 50k anchors x 80 classes (GHM-C: bins 30, momentum 0.75) and 50k x 4 box deltas (GHM-R: mu 0.02,
 bins 10, momentum 0.7). On CPU (2 threads by default) and, where a GPU is present, on CUDA (there
 with a fused focal loss as the reference too).
+
+Time: the median over rounds; a round times every method of one kind (GHM-C's and GHM-R's
+apart, so that a box loss never follows a 30-80 MiB classification call that its reference did
+not follow) on its second call in a row, with Python's garbage collector paused, as timeit does.
+The collection between rounds leaves caches and branch predictors cold for a few calls, so each
+round starts at the next method: every method follows it equally often.
 
     python benchmarks/bench_losses.py [--threads 2] [--rounds 30] [--device cpu|cuda|all]
 

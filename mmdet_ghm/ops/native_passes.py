@@ -113,7 +113,7 @@ def library() -> Optional[ctypes.CDLL]:
         lib = ctypes.CDLL(path)
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
         warnings.warn(f'mmdet_ghm could not build its C++ CPU kernels ({e}); GHM-C and GHM-R on '
-                      'CPU use the PyTorch passes instead (same numbers, about 2x slower). Set '
+                      'CPU use the PyTorch passes instead (same numbers, 2-4x slower). Set '
                       'CXX to a C++17 compiler with OpenMP, or MMDET_GHM_NATIVE=0 to silence '
                       'this.', RuntimeWarning)
         return None
@@ -153,7 +153,8 @@ def _float32_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Te
 class _NativeWeighing:
     """:meth:`~.backend.GHMBackend.weigh` in one C++ call (``ghm_weigh``, the twin of the Triton
     weighing kernel) instead of some 30 tiny PyTorch ops. Under ``sync_across_ranks`` with
-    several ranks or with ``bias_correction`` (its float64 ``pow``): the PyTorch ops."""
+    several ranks, with ``bias_correction`` (its float64 ``pow``) or a state that a torch.func
+    transform wraps: the PyTorch ops."""
 
     def weigh(self, slot_counts: Tensor, slot_loss_sums: Tensor, call) -> Weighing:
         density = call.density
@@ -173,8 +174,7 @@ class _NativeWeighing:
         reduction = REDUCTIONS[call.reduction]
         self.lib.ghm_weigh(
             density.bins, slot_counts.data_ptr(), slot_loss_sums.data_ptr(), self.numel,
-            _ptr(tot), _ptr(poison), density.momentum, 1 - density.momentum,
-            *state, reduction,
+            _ptr(tot), _ptr(poison), density.momentum, 1 - density.momentum, *state, reduction,
             call.loss_weight, slot_weight.data_ptr(), loss.data_ptr(), divisor.data_ptr(),
             flags.data_ptr())
         if call.can_raise and flags[1].item():  # the state was left untouched
@@ -293,7 +293,7 @@ class RegressionNative(_NativeWeighing, RegressionCPU):
         grad = torch.empty(self.numel, dtype=torch.float32)
         self.lib.ghmr_grad(self.numel, pred.data_ptr(), target.data_ptr(), self.root.data_ptr(),
                            self.slots.data_ptr(), self.binning.num_slots, slot_scale.data_ptr(),
-                           _ptr(go), loss_weight,
-                           int(self.invalid_not_finite), torch.get_num_threads(), grad.data_ptr())
+                           _ptr(go), loss_weight, int(self.invalid_not_finite),
+                           torch.get_num_threads(), grad.data_ptr())
         return (grad if self.pred_dtype == torch.float32 else grad.to(self.pred_dtype)).view(
             self.shape)
