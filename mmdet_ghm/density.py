@@ -121,7 +121,8 @@ class GradientDensity(nn.Module):
         return recorded
 
     def record(self, slot_counts: Tensor) -> None:
-        """Add a call's slot counts to the recording, if one is running (:meth:`update` does)."""
+        """Add a call's slot counts to the recording, if one is running (:meth:`update` does,
+        and the backends' fused weighings)."""
         if self._recorded is not None:
             self._recorded += slot_counts
 

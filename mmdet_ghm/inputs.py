@@ -54,9 +54,13 @@ def check_mu(mu) -> float:
     return check_real('mu', mu, 'a finite float > 0', lambda m: 0.0 < m < math.inf)
 
 
-@functools.lru_cache(maxsize=None)
 def mu_squared(mu: float, dtype: torch.dtype) -> float:
     """mmdet adds the Python double ``mu * mu`` to the tensor: it is rounded to its dtype first."""
+    return _rounded_square(float(mu), dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _rounded_square(mu: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(mu * mu, dtype=dtype))
 
 

@@ -222,6 +222,23 @@ def test_torch_func_grad_equals_autograd():
     assert got.shape == (20, 4) and got.abs().sum() > 0
 
 
+def test_torch_compile_gives_the_eager_loss_and_gradient():
+    """Dynamo traces the loss (with graph breaks at the C++ passes), as mmengine's compile=True."""
+    pred, labels = torch.randn(100, 5), torch.randint(0, 6, (100,))
+
+    def run(fn):
+        p = pred.clone().requires_grad_()
+        loss = fn(p)
+        loss.backward()
+        return loss.detach(), p.grad
+
+    def loss_of(module):
+        return lambda p: module(p, labels)
+    eager = run(loss_of(GHMC(bins=10, momentum=0.7)))
+    compiled = run(torch.compile(loss_of(GHMC(bins=10, momentum=0.7)), backend='eager'))
+    assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
+
+
 @pytest.mark.parametrize('fn', ['cls', 'reg'])
 def test_pred_modified_in_place_before_backward_is_detected(fn):
     pred = torch.randn(30, 4, requires_grad=True)

@@ -282,6 +282,49 @@ def test_ghmr_native_weights_of_any_dtype(weight_dtype, pytorch_passes):
     _assert_same(native, reference)
 
 
+def test_a_rejected_call_is_not_recorded(pytorch_passes):
+    """A NaN logit raises before the state changes, and the recording skips the call too."""
+    pred, labels = torch.randn(20, 4), torch.randint(0, 5, (20,))
+    bad = pred.clone()
+    bad[3, 1] = float('nan')
+
+    def recorded():
+        loss = GHMC(bins=10, momentum=0.75)
+        loss.density.start_recording()
+        loss(pred, labels)
+        with pytest.raises(ValueError, match='NaN or inf'):
+            loss(bad, labels)
+        return loss.density.stop_recording()
+    native = recorded()
+    pytorch_passes(True)
+    assert torch.equal(native, recorded()) and int(native.sum()) == 80
+
+
+@pytest.mark.parametrize('state', ['float64', 'float16_view', 'strided'])
+def test_weighing_of_a_state_that_is_not_plain_float32(state, pytorch_passes):
+    """A state loaded with assign=True keeps the checkpoint's dtype and layout: the C++ weighing,
+    which writes through a pointer, leaves it to the PyTorch ops (no stray writes)."""
+    pred, labels = torch.randn(2000, 8) * 3, torch.randint(0, 9, (2000,))
+    guard = torch.full((30,), 7.0)
+
+    def run():
+        loss = GHMC(bins=10, momentum=0.75)
+        values = torch.arange(10.0) * 100 + 1
+        acc = dict(float64=values.double(), float16_view=guard[:20].view(torch.float16)[:10],
+                   strided=torch.stack([values, values], 1)[:, 0])[state]
+        if state == 'float16_view':
+            acc.copy_(values)
+        loss.load_state_dict(dict(loss.state_dict(), acc_sum=acc), assign=True)
+        assert loss.density.acc_sum is acc
+        return [loss(pred, labels) for _ in range(2)], loss.density.acc_sum.clone()
+    native = run()
+    pytorch_passes(True)
+    reference = run()
+    assert torch.equal(torch.stack(native[0]), torch.stack(reference[0]))
+    assert torch.equal(native[1], reference[1])
+    assert torch.equal(guard[10:], torch.full((20,), 7.0))
+
+
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_ghmr_native_half_precision(dtype, pytorch_passes):
     pred, target = torch.randn(999, 4).to(dtype), torch.randn(999, 4).to(dtype)

@@ -21,11 +21,13 @@ from . import cpu_passes, native_passes
 from .backend import compute_dtype, slot_factors
 
 BACKENDS = (None, 'cpu', 'triton')
-try:  # what Function.apply calls outside torch.func transforms (see GHMFunction.apply)
+try:  # what Function.apply calls outside torch.func transforms (see _apply)
     from torch._C import _are_functorch_transforms_active as _functorch_active
     from torch._functorch.utils import unwrap_dead_wrappers
 except ImportError:
     _functorch_active = unwrap_dead_wrappers = None
+# under torch.compile, Dynamo traces Function.apply itself (it cannot trace the shortcut)
+_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling', lambda: False)
 
 
 def _use_triton(device: torch.device, backend: Optional[str]) -> bool:
@@ -82,16 +84,6 @@ class GHMFunction(torch.autograd.Function):
         loss = backend.elementwise_loss(weighing.slot_weight, call.loss_weight)
         return torch.where(weighing.skip, torch.full_like(loss, float('nan')), loss)
 
-    @classmethod
-    def apply(cls, pred: Tensor, target: Optional[Tensor], call: _Call) -> Tensor:
-        # Function.apply binds the arguments to forward's signature on every call (inspect:
-        # some 40 Python calls) for functorch's sake; outside a torch.func transform it then does
-        # what this does.
-        if _functorch_active is None or _functorch_active():
-            return super().apply(pred, target, call)
-        args = unwrap_dead_wrappers((pred, target, call))
-        return super(torch.autograd.Function, cls).apply(*args)
-
     @staticmethod
     def setup_context(ctx, inputs, output):
         pred, target, call = inputs
@@ -119,6 +111,16 @@ class GHMFunction(torch.autograd.Function):
         grad = call.backend.grad(call.slot_weight, grad_out, call.divisor, call.loss_weight,
                                  elementwise)
         return grad.reshape(pred.shape), None, None
+
+
+def _apply(pred: Tensor, target: Optional[Tensor], call: _Call) -> Tensor:
+    """``GHMFunction.apply(pred, target, call)``. Function.apply binds its arguments to forward's
+    signature on every call (inspect: some 40 Python calls) for torch.func's sake; outside
+    torch.func transforms and torch.compile it then does what this does."""
+    if _compiling() or _functorch_active is None or _functorch_active():
+        return GHMFunction.apply(pred, target, call)
+    args = unwrap_dead_wrappers((pred, target, call))
+    return super(torch.autograd.Function, GHMFunction).apply(*args)
 
 
 def _factor(slots: Tensor, slot_scale: Tensor, grad_out: Optional[Tensor],
@@ -204,7 +206,7 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
     call = _Call(lambda p, binning: choose_backend(p, binning)(p, labels, target, weight, binning),
                  _ghmc_torch_grad(labels, target, weight), density, loss_weight, reduction, tot,
                  poison, not on_device, message)
-    return GHMFunction.apply(pred, target, call)
+    return _apply(pred, target, call)
 
 
 def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: GradientDensity,
@@ -245,4 +247,4 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
     call = _Call(lambda p, binning: choose_backend(p, binning)(p, target, weight, binning, mu),
                  _ghmr_torch_grad(target, weight, mu), density, loss_weight, reduction, tot,
                  None, not on_device, message)
-    return GHMFunction.apply(pred, target, call)
+    return _apply(pred, target, call)

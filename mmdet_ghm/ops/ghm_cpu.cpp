@@ -26,7 +26,7 @@
 
 namespace {
 
-// Small enough that GHM-R's N x 4 (some 200k elements) splits evenly over a few threads.
+// Small enough that GHM-R's N x 4 (some 200k elements: 13 blocks) spreads over a few threads.
 constexpr int64_t BLOCK = 1 << 14;
 // A block is walked in tiles: a branch-free (vectorizable) loop forms each element's slot and
 // loss terms into tile buffers, then a scalar loop adds them to the slot accumulators.

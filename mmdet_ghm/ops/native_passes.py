@@ -150,27 +150,34 @@ def _float32_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Te
     return slot_scale, None
 
 
+def _plain_cpu_float32(t: Optional[Tensor]) -> bool:
+    """What ``ghm_weigh`` reads and writes through a pointer: a contiguous float32 CPU tensor (a
+    state loaded with ``assign=True`` from a float64 checkpoint is not; None passes)."""
+    return t is None or (t.device.type == 'cpu' and t.dtype == torch.float32
+                         and t.is_contiguous())
+
+
 class _NativeWeighing:
     """:meth:`~.backend.GHMBackend.weigh` in one C++ call (``ghm_weigh``, the twin of the Triton
     weighing kernel) instead of some 30 tiny PyTorch ops. Under ``sync_across_ranks`` with
-    several ranks, with ``bias_correction`` (its float64 ``pow``) or a state that a torch.func
-    transform wraps: the PyTorch ops."""
+    several ranks, with ``bias_correction`` (its float64 ``pow``), and for a state or ``tot``
+    that is not a plain float32 CPU tensor (another device or dtype, strided, or wrapped by a
+    torch.func transform): the PyTorch ops."""
 
     def weigh(self, slot_counts: Tensor, slot_loss_sums: Tensor, call) -> Weighing:
         density = call.density
-        if (density.synchronizes() or density.bias_correction
-                or density.acc_sum.device.type != 'cpu'):
+        if density.synchronizes() or density.bias_correction or not all(
+                _plain_cpu_float32(t) for t in (density.acc_sum, density.num_updates, call.tot)):
             return super().weigh(slot_counts, slot_loss_sums, call)
         try:
             state = density.acc_sum.data_ptr(), density.num_updates.data_ptr()
         except RuntimeError:  # a state built inside torch.func.grad: functorch's wrappers
             return super().weigh(slot_counts, slot_loss_sums, call)
-        density.record(slot_counts)
         slot_weight = torch.empty(slot_counts.numel(), dtype=torch.float32)
         loss, divisor = torch.empty((), dtype=torch.float32), torch.empty((), dtype=torch.float32)
         flags = torch.empty(2, dtype=torch.uint8)  # skipped, a loss sum not finite
-        tot = None if call.tot is None else _float32(call.tot).reshape(())
-        poison = None if call.poison is None else call.poison.reshape(()).to(torch.uint8)
+        tot = None if call.tot is None else call.tot.reshape(())
+        poison = None if call.poison is None else call.poison.reshape(()).to('cpu', torch.uint8)
         reduction = REDUCTIONS[call.reduction]
         self.lib.ghm_weigh(
             density.bins, slot_counts.data_ptr(), slot_loss_sums.data_ptr(), self.numel,
@@ -179,6 +186,7 @@ class _NativeWeighing:
             flags.data_ptr())
         if call.can_raise and flags[1].item():  # the state was left untouched
             raise ValueError(call.non_finite_message(True))
+        density.record(slot_counts)  # as update() does: a call that raised is not recorded
         skip = flags[0].view(torch.bool)
         if reduction == 0:
             return Weighing(slot_weight, None, None, skip)
