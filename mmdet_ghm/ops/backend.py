@@ -33,6 +33,8 @@ from torch import Tensor
 
 # mmdet's weight_reduce_loss divides by (avg_factor + float32 eps) in double precision.
 EPS32 = torch.finfo(torch.float32).eps
+# The reduction as the fused weighings (the C++ function and the Triton kernel) take it.
+REDUCTION_CODES = dict(none=0, mean=1, sum=2)
 
 
 def compute_dtype(pred: Tensor) -> torch.dtype:

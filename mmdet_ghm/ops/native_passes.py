@@ -34,7 +34,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .backend import Weighing
+from .backend import REDUCTION_CODES, Weighing
 from .cpu_passes import ClassificationCPU, RegressionCPU, _exact, padded_length
 
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'ghm_cpu.cpp')
@@ -55,7 +55,6 @@ SIGNATURES = {
     'ghm_weigh': [_i32, _p, _p, _i64, _p, _p, _f64, _f64, _p, _p, _i32, _f32, _p, _p, _p, _p],
     'ghm_slot_scale': [_i32, _p, _p, _f32, _p, _p],
 }
-REDUCTIONS = dict(none=0, mean=1, sum=2)
 
 
 def cache_dir() -> str:
@@ -178,7 +177,7 @@ class _NativeWeighing:
         flags = torch.empty(2, dtype=torch.uint8)  # skipped, a loss sum not finite
         tot = None if call.tot is None else call.tot.reshape(())
         poison = None if call.poison is None else call.poison.reshape(()).to('cpu', torch.uint8)
-        reduction = REDUCTIONS[call.reduction]
+        reduction = REDUCTION_CODES[call.reduction]
         self.lib.ghm_weigh(
             density.bins, slot_counts.data_ptr(), slot_loss_sums.data_ptr(), self.numel,
             _ptr(tot), _ptr(poison), density.momentum, 1 - density.momentum, *state, reduction,

@@ -15,7 +15,7 @@ import triton
 from torch import Tensor
 
 from . import triton_kernels as K
-from .backend import GHMBackend, Weighing
+from .backend import REDUCTION_CODES, GHMBackend, Weighing
 
 # Block sizes for an H100/H200-class GPU. Gradient and element-wise passes: from ptxas's
 # register counts for sm_90 (8 elements a thread: 64 registers in float32, so 4 programs of 8
@@ -32,7 +32,6 @@ WEIGH_WARPS = 1
 # FMA contraction as nvcc compiles PyTorch's CUDA sigmoid (on); GHM-R off (see triton_kernels)
 CLS_FP_FUSION = True
 REG_FP_FUSION = False
-REDUCTIONS = dict(none=0, mean=1, sum=2)
 
 
 def interpreting() -> bool:
@@ -114,7 +113,7 @@ class _TritonBackend(GHMBackend):
         tot = slot_counts if call.tot is None else call.tot.float().reshape(()).to(device)
         poison = (slot_counts if call.poison is None
                   else _loadable(call.poison.reshape(()).to(device)))
-        reduction = REDUCTIONS[call.reduction]
+        reduction = REDUCTION_CODES[call.reduction]
         with _device_guard(self.pred):
             K.ghm_weigh_kernel[(1,)](
                 slot_counts, slot_loss_sums, density.acc_sum, density.num_updates, tot, poison,
