@@ -7,7 +7,7 @@ with a fused focal loss as the reference too).
 
 Time: the median over rounds; a round times every method of one kind (GHM-C's and GHM-R's
 apart, so that a box loss never follows a 30-80 MiB classification call that its reference did
-not follow) on its second call in a row, with Python's garbage collector paused, as timeit does.
+not follow) on its third call in a row, with Python's garbage collector paused, as timeit does.
 The collection between rounds leaves caches and branch predictors cold for a few calls, so each
 round starts at the next method: every method follows it equally often.
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 N_ANCHORS, N_CLASSES = 50_000, 80
+WARMUP_CALLS = 2  # before each timed call
 
 
 def cls_inputs(device, n=N_ANCHORS, c=N_CLASSES, seed=0):
@@ -156,10 +157,11 @@ def time_all(device, rounds):
 def _time_round(methods_in_order, samples, device):
     """One call of every method, interleaved, so machine noise hits every method alike."""
     for name, (pred, fn) in methods_in_order:
-        # one untimed call first: the allocator's state is then this method's own, not what
-        # the previous method left (mmdet's GHMC frees ~80 MiB, and the next call pays the page
-        # faults of getting memory back)
-        fwd_bwd(fn, pred)
+        # untimed calls first, so that the allocator's state is this method's own: after mmdet's
+        # GHMC (~80 MiB freed) the first large free of the next call can make glibc trim the heap's
+        # top, its own buffers with it, and the second call then faults 16 MiB back in
+        for _ in range(WARMUP_CALLS):
+            fwd_bwd(fn, pred)
         sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         fwd_bwd(fn, pred)
