@@ -46,14 +46,17 @@ def mmdet_edges(bins: int, last_edge: float) -> Tensor:
     return edges
 
 
-def is_unit_edges(edges: Tensor) -> bool:
-    """Whether ``edges`` are mmdet's ``float32(i / bins)`` with a last edge above 1 and few enough
-    bins for uint8 slots: the condition of :func:`unit_interval_slots`. Reads the edges on the
-    host: call once per change of the edges, not per loss call."""
+def edges_layout(edges: Tensor) -> Tuple[bool, bool]:
+    """(uniform, increasing) of ``edges``: whether they are mmdet's uniform edges,
+    ``float32(i / bins)`` with a last edge above 1 (the condition of :func:`unit_interval_slots`
+    and of the Triton kernels' binning), and whether they strictly increase (the condition of
+    any binning into one slot per element). Reads the edges on the host: call once per change of
+    the edges, not per loss call."""
     edges = edges.detach().to('cpu', torch.float32)
     bins = edges.numel() - 1
-    return (bins <= MAX_UINT8_BINS and float(edges[-1]) > 1.0
-            and torch.equal(edges[:-1], torch.arange(bins, dtype=torch.float32) / bins))
+    uniform = (float(edges[-1]) > 1.0
+               and torch.equal(edges[:-1], torch.arange(bins, dtype=torch.float32) / bins))
+    return uniform, bool((edges[1:] > edges[:-1]).all())
 
 
 def slot_dtype(bins: int) -> torch.dtype:
@@ -93,12 +96,14 @@ def unit_interval_slots(g: Tensor, bins: int, out: Optional[Tensor] = None,
 
 class Binning:
     """The binning of one :class:`~mmdet_ghm.density.GradientDensity`: ``bins``, its float32
-    ``edges`` (on the density's device) and whether they are mmdet's unit edges."""
+    ``edges`` (on the density's device), their :func:`edges_layout` and whether
+    :func:`unit_interval_slots` applies (uniform edges and uint8 slots)."""
 
-    def __init__(self, edges: Tensor, unit_edges: bool):
+    def __init__(self, edges: Tensor, layout: Tuple[bool, bool]):
         self.edges = edges
         self.bins = edges.numel() - 1
-        self.unit_edges = unit_edges
+        self.uniform_edges, self.increasing_edges = layout
+        self.unit_edges = self.uniform_edges and self.bins <= MAX_UINT8_BINS
         self.num_slots = self.bins + 2
         self.slot_dtype = slot_dtype(self.bins)
         self.last_edge = edges[-1]

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .binning import Binning, is_unit_edges, mmdet_edges
+from .binning import Binning, edges_layout, mmdet_edges
 from .inputs import check_bins, check_momentum
 
 
@@ -54,16 +54,23 @@ class GradientDensity(nn.Module):
         self.register_buffer('edges', mmdet_edges(self.bins, last_edge))
         self.register_buffer('acc_sum', torch.zeros(self.bins))
         self.register_buffer('num_updates', torch.zeros(self.bins))
-        self._unit_edges = is_unit_edges(self.edges)
         self._binning: Optional[Binning] = None
+        self._binning_version: Optional[int] = None
+        self._set_binning(edges_layout(self.edges))
         self._recorded: Optional[Tensor] = None  # see start_recording()
 
     @property
     def binning(self) -> Binning:
-        """The binning of the current edges (on the edges' device)."""
-        if self._binning is None or self._binning.edges is not self.edges:
-            self._binning = Binning(self.edges, self._unit_edges)
+        """The binning of the current edges (on the edges' device), rebuilt when the edges
+        tensor is replaced or edited in place (its version counter)."""
+        binning = self._binning
+        if binning.edges is not self.edges or self._binning_version != _version(self.edges):
+            self._set_binning(edges_layout(self.edges))  # reads the edges: once per change
         return self._binning
+
+    def _set_binning(self, layout: Tuple[bool, bool]) -> None:
+        self._binning = Binning(self.edges, layout)
+        self._binning_version = _version(self.edges)
 
     @property
     def num_slots(self) -> int:
@@ -125,6 +132,14 @@ class GradientDensity(nn.Module):
         and the backends' fused weighings)."""
         if self._recorded is not None:
             self._recorded += slot_counts
+
+    def mark_state_written(self) -> None:
+        """Bump the EMA state's version counters after a fused weighing wrote it through a
+        pointer, as an in-place PyTorch op would: a graph that saved the state then fails in
+        backward ("modified by an inplace operation") instead of reading the new values."""
+        if self.momentum > 0:
+            torch.autograd.graph.increment_version(self.acc_sum)
+            torch.autograd.graph.increment_version(self.num_updates)
 
     def _ema_density(self) -> Tensor:
         if not self.bias_correction:
@@ -208,6 +223,9 @@ class GradientDensity(nn.Module):
             new = self._buffers[name]
             if old is not None and new is not None and new.dtype != old.dtype:
                 self._buffers[name] = old.to(new.device)
+        binning = self._binning  # moved, not changed: no read on the device, unless edited before
+        if binning.edges is before['edges'] and self._binning_version == _version(binning.edges):
+            self._set_binning((binning.uniform_edges, binning.increasing_edges))
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -215,5 +233,13 @@ class GradientDensity(nn.Module):
         for key in ('acc_sum', 'num_updates'):
             state_dict.setdefault(prefix + key, getattr(self, key).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._unit_edges = is_unit_edges(self.edges)
-        self._binning = None
+        self._set_binning(edges_layout(self.edges))
+
+
+def _version(t: Tensor) -> Optional[int]:
+    """t's version counter (bumped by every in-place op); None for an inference tensor, which
+    has none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None

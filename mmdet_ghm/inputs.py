@@ -261,13 +261,15 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
 class GHMRInputs(NamedTuple):
     pred: Tensor                   # box regressions, any floating dtype
     target: Tensor                 # pred's shape
-    label_weight: Optional[Tensor]  # pred's shape or None
+    label_weight: Optional[Tensor]  # pred's shape (valid where > 0) or None
+    tot: Optional[Tensor]           # 0-dim float32 sum of the weight as given, or None
 
 
 def ghmr_inputs(pred, target, label_weight) -> GHMRInputs:
     """GHM-R's inputs: ``target`` of pred's shape (floating, or integer: promoted to pred's dtype,
     as mmdet's ``pred - target``), ``label_weight`` None, pred's shape or any shape that
-    broadcasts to it (mmdet's normalizer: the sum of the weight as given)."""
+    broadcasts to it (expanded to pred's shape; ``tot``, mmdet's normalizer, is the sum of the
+    weight as given)."""
     pred = _check_pred(pred, 'box regressions')
     target = _check_tensor('target', target, pred)
     if target.dtype == torch.bool:
@@ -278,15 +280,16 @@ def ghmr_inputs(pred, target, label_weight) -> GHMRInputs:
     if target.shape != pred.shape:
         raise GHMArgumentError(f'target must have the shape of pred {tuple(pred.shape)}, '
                                f'got {tuple(target.shape)}')
+    tot = None
     if label_weight is not None:
         label_weight = _check_tensor('label_weight', label_weight, pred)
+        # GHM-R reads the weights' values only through their sum, which mmdet takes over the
+        # weight as given (float32), and their sign (which elements are valid), per element
+        tot = label_weight.sum(dtype=torch.float32)
         if label_weight.shape != pred.shape:
             if not _broadcasts_to(label_weight.shape, pred.shape):
                 raise GHMArgumentError(
                     f'label_weight must have pred\'s shape {tuple(pred.shape)} or broadcast to '
                     f'it (or be None), got {tuple(label_weight.shape)}')
-            # Broadcasting repeats every weight `copies` times; GHM-R uses the values only
-            # through their sum (tot), which mmdet takes over the weight as given.
-            copies = pred.numel() // max(label_weight.numel(), 1)
-            label_weight = (label_weight.float() / max(copies, 1)).expand(pred.shape)
-    return GHMRInputs(pred, target, label_weight)
+            label_weight = label_weight.expand(pred.shape)
+    return GHMRInputs(pred, target, label_weight, tot)

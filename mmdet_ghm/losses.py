@@ -73,9 +73,17 @@ class _GHMLoss(nn.Module):
     def edges(self) -> Tensor:
         return self.density.edges
 
+    @edges.setter
+    def edges(self, value: Tensor) -> None:  # a new buffer, as on mmdet's classes
+        self.density.edges = value
+
     @property
     def acc_sum(self) -> Tensor:
         return self.density.acc_sum
+
+    @acc_sum.setter
+    def acc_sum(self, value: Tensor) -> None:
+        self.density.acc_sum = value
 
     def _syncs_with_other_ranks(self) -> bool:
         return (self.density.sync_across_ranks and dist.is_available() and dist.is_initialized()
@@ -223,7 +231,7 @@ class GHMR(_GHMLoss):
         # NaN / inf weights make mmdet's normalizer (their sum) NaN / inf: on the CPU a
         # ValueError; synced, after the all-reduce that every rank joins (each skips the call)
         on_cpu, synced = x.pred.device.type == 'cpu', self._syncs_with_other_ranks()
-        tot = None if x.label_weight is None else x.label_weight.sum(dtype=torch.float32)
+        tot = x.tot
         bad_here = on_cpu and tot is not None and not math.isfinite(tot.item())
         if bad_here and not synced:
             raise GHMArgumentError(_weight_sum_message(here=True))

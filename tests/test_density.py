@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmdet_ghm import GradientDensity
-from mmdet_ghm.binning import Binning, is_unit_edges, search_slots, unit_interval_slots
+from mmdet_ghm.binning import Binning, search_slots, unit_interval_slots
 
 
 def _reference_slots(g, edges):
@@ -73,7 +73,8 @@ def test_binning_beyond_one_and_nan():
 
 
 def test_unit_interval_slots_only_for_mmdet_edges():
-    assert not is_unit_edges(GradientDensity(254).edges)  # no uint8 slots
+    binning = GradientDensity(254).binning
+    assert binning.uniform_edges and not binning.unit_edges  # no uint8 slots
     density = GradientDensity(10)
     edges = density.edges.clone()
     edges[3] += 0.01  # edges that are not i / bins (a hand-edited checkpoint)

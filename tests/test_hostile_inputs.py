@@ -1,4 +1,6 @@
 """NaN/inf, bias correction, out-of-range labels on the device path, large index arithmetic."""
+import os
+
 import pytest
 import torch
 
@@ -594,3 +596,124 @@ def test_half_precision_weights_on_the_triton_path(fn):
                     backend=backend), logits))
         torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=0)
         torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-6, atol=1e-9)
+
+
+def _mmdet_ghmc(bins, momentum):
+    from mmdet.models.losses.ghm_loss import GHMC as MMDetGHMC
+    return MMDetGHMC(bins=bins, momentum=momentum)
+
+
+def _fwd_bwd(loss, pred, labels, weight):
+    x = pred.clone().requires_grad_()
+    value = loss(x, labels, weight)
+    value.backward()
+    return value.detach(), x.grad
+
+
+def test_edges_edited_in_place_bin_as_mmdet():
+    """The binning follows an in-place edit of ``edges`` (its version counter), and a restore,
+    as mmdet's loop over the edges does: loss, gradient and EMA state equal mmdet's."""
+    pytest.importorskip('mmdet')
+    pred = torch.randn(500, 6) * 3
+    labels, weight = torch.randint(0, 7, (500,)), (torch.rand(500) > 0.2).float()
+    ours, theirs = GHMC(bins=4, momentum=0.7), _mmdet_ghmc(4, 0.7)
+    _fwd_bwd(ours, pred, labels, weight)  # the binning of mmdet's edges is built and cached
+    _fwd_bwd(theirs, pred, labels, weight)
+    uniform = ours.edges.clone()
+    for edges in (torch.tensor([0.0, 0.05, 0.2, 0.6, 1.0 + 1e-6]), torch.tensor(
+            [0.0, 0.25, 0.5, 0.75, 0.9]), uniform):
+        with torch.no_grad():
+            ours.edges.copy_(edges)
+            theirs.edges.copy_(edges)
+        (loss_a, grad_a), (loss_b, grad_b) = (_fwd_bwd(m, pred, labels, weight)
+                                              for m in (ours, theirs))
+        torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
+        assert torch.equal(grad_a, grad_b) and torch.equal(ours.acc_sum, theirs.acc_sum)
+    assert ours.density.binning.unit_edges  # back on the C++ passes
+
+
+def test_edges_that_do_not_increase_raise_and_keep_the_state():
+    loss = GHMC(bins=10, momentum=0.7)
+    labels = torch.randint(0, 6, (40,))
+    loss(torch.randn(40, 5), labels)
+    state = loss.acc_sum.clone()
+    with torch.no_grad():
+        loss.edges[-1] = 0.5  # mmdet's bin 9 is then empty, and its test is no binning
+    with pytest.raises(ValueError, match='edges: expected strictly increasing'):
+        loss(torch.randn(40, 5), labels)
+    assert torch.equal(loss.acc_sum, state)
+
+
+@pytest.mark.skipif(os.environ.get('TRITON_INTERPRET') != '1', reason='needs the interpreter')
+def test_triton_path_refuses_edges_that_are_not_mmdets():
+    density = GradientDensity(4, 0.7)
+    density.load_state_dict({'edges': torch.tensor([0.0, 0.05, 0.2, 0.6, 1.0 + 1e-6]),
+                             'acc_sum': density.acc_sum, 'num_updates': density.num_updates})
+    with pytest.raises(ValueError, match='edges: the Triton path'):
+        ghmc_loss(torch.randn(20, 3), torch.randint(0, 4, (20,)), None, None, density,
+                  backend='triton')
+    assert not density.acc_sum.any()
+
+
+def test_state_can_be_assigned_as_on_mmdets_classes():
+    """``acc_sum`` and ``edges`` are buffers of mmdet's classes: assigning them (an EMA reset,
+    torch.func.functional_call) works here too."""
+    loss = GHMC(bins=10, momentum=0.7)
+    pred, labels = torch.randn(40, 5), torch.randint(0, 6, (40,))
+    loss(pred, labels)
+    loss.acc_sum = torch.zeros(10)
+    assert loss.density.acc_sum is loss.acc_sum and not loss.acc_sum.any()
+    state = torch.zeros(10)
+    torch.func.functional_call(loss, {'acc_sum': state}, (pred, labels))
+    assert state.sum() > 0 and not loss.acc_sum.any()
+    loss.edges = torch.arange(11).float() / 10
+    with pytest.raises(ValueError, match='edges: expected strictly increasing'):
+        loss.edges = torch.zeros(11)
+        loss(pred, labels)
+
+
+@pytest.mark.parametrize('native', [True, False])
+def test_state_written_by_a_call_fails_a_graph_that_saved_it(native, monkeypatch):
+    """The fused weighings write the EMA state through a pointer; its version counter moves as
+    an in-place op's would, so autograd refuses a graph that saved the old state."""
+    if not native:  # the PyTorch passes
+        from mmdet_ghm.ops import native_passes
+        monkeypatch.setattr(native_passes, 'applies', lambda pred, binning: False)
+    loss = GHMC(bins=10, momentum=0.7)
+    pred, labels = torch.randn(40, 5), torch.randint(0, 6, (40,))
+    loss(pred, labels)
+    scale = torch.ones(10, requires_grad=True)
+    saved = (scale * loss.acc_sum).sum()  # mul saves acc_sum
+    loss(pred, labels)
+    with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+        saved.backward()
+
+
+@pytest.mark.parametrize('dtype', [torch.int8, torch.int16, torch.uint8, torch.int32])
+def test_double_backward_with_narrow_integer_labels(dtype):
+    pred = torch.randn(30, 4, requires_grad=True)
+    labels = torch.randint(0, 5, (30,)).to(dtype)
+    grad, = torch.autograd.grad(GHMC(bins=10)(pred, labels), pred, create_graph=True)
+    grad.sum().backward()
+    assert pred.grad is not None
+
+
+@pytest.mark.parametrize('dtype,tiny', [(torch.float32, 1e-45), (torch.float64, 1e-300)])
+def test_ghmr_weight_that_broadcasts_gives_mmdets_numbers(dtype, tiny):
+    """An (N, 1) weight: tiny positive weights stay valid, and tot is the sum of the N weights
+    as given (mmdet's), not of N x 4 rounded quarters."""
+    from mmdet.models.losses.ghm_loss import GHMR as MMDetGHMR
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randn(1000, 4, generator=gen) * 0.1
+    target = torch.randn(1000, 4, generator=gen) * 0.1
+    weight = (torch.rand(1000, 1, generator=gen) + 0.1).to(dtype)
+    weight[::2] = tiny
+    results = []
+    for loss in (GHMR(mu=0.02, bins=10, momentum=0.7), MMDetGHMR(mu=0.02, bins=10, momentum=0.7)):
+        x = pred.clone().requires_grad_()
+        value = loss(x, target, weight)
+        value.backward()
+        results.append((value.detach(), x.grad, loss.acc_sum))
+    (loss_a, grad_a, acc_a), (loss_b, grad_b, acc_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
+    assert torch.equal(grad_a, grad_b) and torch.equal(acc_a, acc_b)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..binning import Binning
 from ..density import GradientDensity
-from ..inputs import mu_squared
+from ..inputs import GHMArgumentError, mu_squared
 from . import cpu_passes, native_passes
 from .backend import compute_dtype, slot_factors
 
@@ -47,9 +47,32 @@ def _backend_chooser(device: torch.device, backend: Optional[str], loss: str):
     if _use_triton(device, backend):
         from . import triton_passes
         triton_class = getattr(triton_passes, loss + 'Triton')
-        return lambda pred, binning: triton_class, True
+
+        def choose(pred: Tensor, binning: Binning):
+            _check_edges(binning, triton=True)
+            return triton_class
+        return choose, True
     cpp, pytorch = getattr(native_passes, loss + 'Native'), getattr(cpu_passes, loss + 'CPU')
-    return (lambda pred, binning: cpp if native_passes.applies(pred, binning) else pytorch), False
+
+    def choose(pred: Tensor, binning: Binning):
+        _check_edges(binning, triton=False)
+        return cpp if native_passes.applies(pred, binning) else pytorch
+    return choose, False
+
+
+def _check_edges(binning: Binning, triton: bool) -> None:
+    """Edges that put an element in one bin at most (mmdet's test can put it in two where edges
+    overlap: no slot per element says that); the Triton kernels bin with mmdet's uniform edges
+    only (see :mod:`.triton_kernels`)."""
+    if not binning.increasing_edges:
+        raise GHMArgumentError(
+            f'edges: expected strictly increasing bin edges, got {binning.edges.tolist()} (edited '
+            'in place, or loaded from a checkpoint)')
+    if triton and not binning.uniform_edges:
+        raise GHMArgumentError(
+            'edges: the Triton path bins with mmdet\'s edges arange(bins + 1) / bins (last edge '
+            f'above 1), these were changed to {binning.edges.tolist()}; compute this loss on CPU '
+            'tensors (the CPU passes take any edges), or keep mmdet\'s edges')
 
 
 class _Call:
@@ -138,7 +161,8 @@ def _ghmc_torch_grad(labels, target, weight):
         if labels is not None:  # one-hot without F.one_hot's range check (a host sync on CUDA)
             M, C = x.shape
             inside = (labels >= 0) & (labels < C)
-            t = x.new_zeros(M, C + 1).scatter_(1, torch.where(inside, labels, C)[:, None], 1.0)
+            index = torch.where(inside, labels, C).long()[:, None]  # scatter_ takes int64
+            t = x.new_zeros(M, C + 1).scatter_(1, index, 1.0)
             t = t[:, :C]
         else:
             t = target.to(x.dtype)

@@ -186,6 +186,7 @@ class _NativeWeighing:
         if call.can_raise and flags[1].item():  # the state was left untouched
             raise ValueError(call.non_finite_message(True))
         density.record(slot_counts)  # as update() does: a call that raised is not recorded
+        density.mark_state_written()
         skip = flags[0].view(torch.bool)
         if reduction == 0:
             return Weighing(slot_weight, None, None, skip)

@@ -123,6 +123,7 @@ class _TritonBackend(GHMBackend):
                 HAS_POISON=call.poison is not None, EMA=density.momentum > 0,
                 REDUCTION=reduction, CDT=self.cdt, num_warps=WEIGH_WARPS,
                 enable_fp_fusion=False)
+        density.mark_state_written()
         skip = skip.view(torch.bool)
         if reduction == 0:
             return Weighing(slot_weight, None, None, skip)
