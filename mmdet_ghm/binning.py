@@ -34,6 +34,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .inputs import GHMArgumentError
+
 #: slots stay uint8 (one byte per element) up to this many bins (slot bins + 1 <= 254)
 MAX_UINT8_BINS = 253
 
@@ -119,5 +121,9 @@ class Binning:
             if above_one:  # beyond the last edge, or NaN: outside every bin, as the search
                 slots.masked_fill_(torch.lt(g, self.last_edge).logical_not_(), self.bins + 1)
             return slots
+        if not self.increasing_edges:  # mmdet's test can count an element twice, or never
+            raise GHMArgumentError(
+                f'edges: expected strictly increasing bin edges, got {self.edges.tolist()} '
+                '(edited in place, or loaded from a checkpoint)')
         slots = search_slots(g, self.edges).to(self.slot_dtype)
         return slots if out is None else out.copy_(slots)

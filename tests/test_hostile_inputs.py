@@ -598,35 +598,21 @@ def test_half_precision_weights_on_the_triton_path(fn):
         torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-6, atol=1e-9)
 
 
-def _mmdet_ghmc(bins, momentum):
-    from mmdet.models.losses.ghm_loss import GHMC as MMDetGHMC
-    return MMDetGHMC(bins=bins, momentum=momentum)
-
-
-def _fwd_bwd(loss, pred, labels, weight):
-    x = pred.clone().requires_grad_()
-    value = loss(x, labels, weight)
-    value.backward()
-    return value.detach(), x.grad
-
-
 def test_edges_edited_in_place_bin_as_mmdet():
     """The binning follows an in-place edit of ``edges`` (its version counter), and a restore,
     as mmdet's loop over the edges does: loss, gradient and EMA state equal mmdet's."""
-    pytest.importorskip('mmdet')
-    pred = torch.randn(500, 6) * 3
-    labels, weight = torch.randint(0, 7, (500,)), (torch.rand(500) > 0.2).float()
-    ours, theirs = GHMC(bins=4, momentum=0.7), _mmdet_ghmc(4, 0.7)
-    _fwd_bwd(ours, pred, labels, weight)  # the binning of mmdet's edges is built and cached
-    _fwd_bwd(theirs, pred, labels, weight)
+    pred, labels, weight, _ = _cls_problem(n=500, c=6)
+    ours, theirs = GHMC(bins=4, momentum=0.7), MMDetGHMC(bins=4, momentum=0.7)
+    for loss in (ours, theirs):  # the binning of mmdet's edges is built and cached
+        _loss_and_grad(lambda p: loss(p, labels, weight), pred)
     uniform = ours.edges.clone()
     for edges in (torch.tensor([0.0, 0.05, 0.2, 0.6, 1.0 + 1e-6]), torch.tensor(
             [0.0, 0.25, 0.5, 0.75, 0.9]), uniform):
         with torch.no_grad():
             ours.edges.copy_(edges)
             theirs.edges.copy_(edges)
-        (loss_a, grad_a), (loss_b, grad_b) = (_fwd_bwd(m, pred, labels, weight)
-                                              for m in (ours, theirs))
+        (loss_a, grad_a), (loss_b, grad_b) = (
+            _loss_and_grad(lambda p: m(p, labels, weight), pred) for m in (ours, theirs))
         torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
         assert torch.equal(grad_a, grad_b) and torch.equal(ours.acc_sum, theirs.acc_sum)
     assert ours.density.binning.unit_edges  # back on the C++ passes
@@ -642,6 +628,8 @@ def test_edges_that_do_not_increase_raise_and_keep_the_state():
     with pytest.raises(ValueError, match='edges: expected strictly increasing'):
         loss(torch.randn(40, 5), labels)
     assert torch.equal(loss.acc_sum, state)
+    with pytest.raises(ValueError, match='edges: expected strictly increasing'):
+        loss.density(torch.rand(8))  # the density's own API bins with the same check
 
 
 @pytest.mark.skipif(os.environ.get('TRITON_INTERPRET') != '1', reason='needs the interpreter')
@@ -702,18 +690,14 @@ def test_double_backward_with_narrow_integer_labels(dtype):
 def test_ghmr_weight_that_broadcasts_gives_mmdets_numbers(dtype, tiny):
     """An (N, 1) weight: tiny positive weights stay valid, and tot is the sum of the N weights
     as given (mmdet's), not of N x 4 rounded quarters."""
-    from mmdet.models.losses.ghm_loss import GHMR as MMDetGHMR
     gen = torch.Generator().manual_seed(0)
     pred = torch.randn(1000, 4, generator=gen) * 0.1
     target = torch.randn(1000, 4, generator=gen) * 0.1
     weight = (torch.rand(1000, 1, generator=gen) + 0.1).to(dtype)
     weight[::2] = tiny
-    results = []
-    for loss in (GHMR(mu=0.02, bins=10, momentum=0.7), MMDetGHMR(mu=0.02, bins=10, momentum=0.7)):
-        x = pred.clone().requires_grad_()
-        value = loss(x, target, weight)
-        value.backward()
-        results.append((value.detach(), x.grad, loss.acc_sum))
-    (loss_a, grad_a, acc_a), (loss_b, grad_b, acc_b) = results
+    ours, theirs = GHMR(mu=0.02, bins=10, momentum=0.7), MMDetGHMR(mu=0.02, bins=10, momentum=0.7)
+    (loss_a, grad_a), (loss_b, grad_b) = (
+        _loss_and_grad(lambda p: m(p, target, weight), pred) for m in (ours, theirs))
+    acc_a, acc_b = ours.acc_sum, theirs.acc_sum
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
     assert torch.equal(grad_a, grad_b) and torch.equal(acc_a, acc_b)

@@ -49,26 +49,16 @@ def _backend_chooser(device: torch.device, backend: Optional[str], loss: str):
         triton_class = getattr(triton_passes, loss + 'Triton')
 
         def choose(pred: Tensor, binning: Binning):
-            _check_edges(binning, triton=True)
+            _check_triton_edges(binning)
             return triton_class
         return choose, True
     cpp, pytorch = getattr(native_passes, loss + 'Native'), getattr(cpu_passes, loss + 'CPU')
-
-    def choose(pred: Tensor, binning: Binning):
-        _check_edges(binning, triton=False)
-        return cpp if native_passes.applies(pred, binning) else pytorch
-    return choose, False
+    return (lambda pred, binning: cpp if native_passes.applies(pred, binning) else pytorch), False
 
 
-def _check_edges(binning: Binning, triton: bool) -> None:
-    """Edges that put an element in one bin at most (mmdet's test can put it in two where edges
-    overlap: no slot per element says that); the Triton kernels bin with mmdet's uniform edges
-    only (see :mod:`.triton_kernels`)."""
-    if not binning.increasing_edges:
-        raise GHMArgumentError(
-            f'edges: expected strictly increasing bin edges, got {binning.edges.tolist()} (edited '
-            'in place, or loaded from a checkpoint)')
-    if triton and not binning.uniform_edges:
+def _check_triton_edges(binning: Binning) -> None:
+    """The Triton kernels bin with mmdet's uniform edges only (see :mod:`.triton_kernels`)."""
+    if not binning.uniform_edges:
         raise GHMArgumentError(
             'edges: the Triton path bins with mmdet\'s edges arange(bins + 1) / bins (last edge '
             f'above 1), these were changed to {binning.edges.tolist()}; compute this loss on CPU '
