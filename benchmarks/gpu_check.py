@@ -18,7 +18,9 @@ table DIR/results.md after every check, so a run cut short still leaves what it 
   torch.cuda.set_sync_debug_mode('error'); kernels launched per call.
 - bigoffs: one fp16 GHM-C call on more than 2**31 elements (int64 offsets).
 - timing: fwd+bwd at 50k x 80 and 1M x 80 against a fused focal loss (torch.compile), BCE and
-  mmdet's GHMC; effective bandwidth against the device's peak.
+  mmdet's GHMC; effective bandwidth against the device's peak; each pass alone; the candidate
+  two-read forward (benchmarks/triton_candidates.py) against the shipped one; all of it again on
+  logits whose g is distributed as a trained detector's.
 
 The dry run exercises the same code on CPU tensors under TRITON_INTERPRET=1 with tiny shapes (CI
 runs it: tests/test_triton_gpu_check.py); its figures say nothing about a GPU.
@@ -197,6 +199,24 @@ def cls_case(torch, n, c, mode, dtype, device, seed):
             weight = torch.rand(n, c, generator=gen) - 0.1
     mv = lambda t: None if t is None else t.to(device)  # noqa: E731
     return x.to(dtype).to(device), mv(labels), mv(target), mv(weight)
+
+
+def trained_case(torch, n, c, device, seed):
+    """GHM-C inputs (logits, labels, row weights) whose g is distributed as a trained
+    detector's: 88% of the elements in the lowest of 30 bins, the rest exponentially rarer
+    towards g = 1 (a tenfold drop every 0.23; our RetinaNet after training,
+    docs/experiments/e3_density_scope, as the paper's Fig. 1). 1% positive anchors, 5%
+    ignored."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.where(torch.rand(n, generator=gen) < 0.01,
+                         torch.randint(0, c, (n,), generator=gen), torch.full((n,), c))
+    weight = (torch.rand(n, generator=gen) > 0.05).float()
+    g = torch.where(torch.rand(n, c, generator=gen) < 0.88, torch.rand(n, c, generator=gen) / 30,
+                    torch.empty(n, c).exponential_(10.0, generator=gen)).clamp(1e-7, 0.999)
+    positive = labels[:, None] == torch.arange(c)[None, :]
+    s = torch.where(positive, 1 - g, g).double()
+    x = (torch.log(s) - torch.log1p(-s)).float()
+    return x.to(device), labels.to(device), weight.to(device)
 
 
 def dense_target(torch, F, labels, target, n, c, device):
@@ -663,6 +683,49 @@ def _kernel_timing(R, G, torch, dev, size, x, labels, lw, reps):
     R.add('timing', f'{size} kernels', 'INFO', '; '.join(lines))
 
 
+def _candidate_timing(R, G, torch, dev, size, x, labels, lw, reps):
+    """The candidate two-read forward (benchmarks/triton_candidates.py) against the shipped
+    forward on the same inputs: counts, loss and EMA state of the first call compared, then the
+    forward's kernels timed (histogram or count pass + reduction, weighing, weighted loss)."""
+    sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+    import triton_candidates as TC
+
+    def call(density):
+        return types.SimpleNamespace(density=density, reduction='mean', tot=None, poison=None,
+                                     loss_weight=1.0, can_raise=False)
+    shipped_density, candidate_density = (G.density.GradientDensity(30, 0.75).to(dev)
+                                          for _ in range(2))
+    shipped = G.tp.ClassificationTriton(x, labels, None, lw, shipped_density.binning)
+    candidate = G.tp.ClassificationTriton(x, labels, None, lw, candidate_density.binning)
+    counts, sums = shipped.histogram()
+    loss = shipped.weigh(counts, sums, call(shipped_density)).loss
+    candidate_counts, candidate_loss = TC.two_read_forward(candidate, call(candidate_density))
+    loss_ok, loss_text = close(torch, candidate_loss, loss, 1e-5)
+    same = (torch.equal(candidate_counts, counts) and loss_ok
+            and torch.equal(candidate_density.acc_sum, shipped_density.acc_sum))
+    lines = [f'counts {"equal" if torch.equal(candidate_counts, counts) else "DIFFER"}, loss '
+             f'{loss_text}, EMA state '
+             f'{"equal" if torch.equal(candidate_density.acc_sum, shipped_density.acc_sum) else "DIFFERS"}']
+    fwd_ms = cuda_time(torch, lambda: shipped.weigh(*shipped.histogram(), call(shipped_density)),
+                       reps)
+    lines.append(f'shipped forward (histogram, reduction, weighing) {fwd_ms * 1e3:.0f} us')
+    weighing = candidate.weigh(*TC.count_pass(candidate), call(candidate_density))
+    for config in TC.LOSS_CONFIGS[:1] if R.dry_run else TC.LOSS_CONFIGS:
+        loss_ms = cuda_time(torch, lambda: TC.weighted_loss(candidate, weighing, 1.0, config),
+                            reps)
+        lines.append(f'candidate weighted loss {config[1]} x {config[0]}/{config[2]} warps + '
+                     f'finalize {loss_ms * 1e3:.0f} us')
+    for config in TC.COUNT_CONFIGS[:1] if R.dry_run else TC.COUNT_CONFIGS:
+        count_ms = cuda_time(torch, lambda: TC.count_pass(candidate, config), reps)
+        total_ms = cuda_time(torch, lambda: TC.two_read_forward(
+            candidate, call(candidate_density), config), reps)
+        lines.append(f'candidate count {config[1]} x {config[0]}/{config[2]} warps: count + '
+                     f'reduction {count_ms * 1e3:.0f} us, forward {total_ms * 1e3:.0f} us '
+                     f'({total_ms / fwd_ms:.2f}x shipped)')
+    R.add('timing', f'{size} candidate two-read forward', 'INFO' if same else 'WARN',
+          '; '.join(lines))
+
+
 def step_timing(R, G, torch, dev):
     import torch.nn.functional as F
     sizes = ((64, 80),) if R.dry_run else ((50000, 80), (1000000, 80))
@@ -717,11 +780,37 @@ def step_timing(R, G, torch, dev):
                   f"{theirs / ours:.1f}x faster than mmdet's GHMC (target >= 30x)")
         R.guard('timing', f'{size} kernels', _kernel_timing, R, G, torch, dev, size, x, labels,
                 lw, reps, min_left=30)
+        R.guard('timing', f'{size} candidate', _candidate_timing, R, G, torch, dev, size, x,
+                labels, lw, reps, min_left=30)
+        R.guard('timing', f'{size} trained g', _trained_timing, R, G, torch, dev, size, n, c,
+                reps, focal_ms, min_left=30)
         if ours and peak and n >= 10 ** 6:
             pct = 100 * nbytes / (ours * 1e-3) / peak
             R.add('timing', f'{size} target_bandwidth', 'PASS' if pct >= 50 else 'WARN',
                   f'{pct:.0f}% of the nominal peak bandwidth (target >= 50%)')
     R.guard('timing', 'ghmr', _ghmr_timing, R, G, torch, dev, reps, min_left=20)
+
+
+def _trained_timing(R, G, torch, dev, size, n, c, reps, focal_ms):
+    """GHM-C fwd+bwd, its kernels and the candidate forward on logits whose g is distributed
+    as a trained detector's (:func:`trained_case`): fewer slots a block than the spread
+    benchmark logits, so a cheaper histogram pass."""
+    x, labels, lw = trained_case(torch, n, c, dev, 13)
+    density = G.density.GradientDensity(30, 0.75).to(dev)
+
+    def fb():
+        p = x.detach().requires_grad_()
+        G.function.ghmc_loss(p, labels, None, lw, density, backend='triton').backward()
+    ms = cuda_time(torch, fb, reps)
+    tbs = (3 * n * c * 4 + 2 * n * 12) / (ms * 1e-3) / 1e12
+    peak = getattr(R, 'peak', None)
+    R.timing.append(dict(size=size, method='GHM-C mmdet_ghm (Triton), trained-detector g', ms=ms,
+                         vs_focal='' if focal_ms is None else f'{ms / focal_ms:.2f}x',
+                         tbs=f'{tbs:.2f} TB/s',
+                         pct_peak='' if not peak else f'{100 * tbs * 1e12 / peak:.0f}%'))
+    R.write()
+    _kernel_timing(R, G, torch, dev, f'{size}, trained g', x, labels, lw, reps)
+    _candidate_timing(R, G, torch, dev, f'{size}, trained g', x, labels, lw, reps)
 
 
 def _ghmr_timing(R, G, torch, dev, reps):

@@ -1,7 +1,8 @@
 """The Triton kernels compiled for an H100/H200 (sm_90) with the installed triton and its bundled
 ptxas, no GPU needed: what the GPU will run, checked where the interpreter cannot look.
 
-- every kernel compiles for the real backend (the interpreter runs Python, not Triton's typing);
+- every kernel compiles for the real backend (the interpreter runs Python, not Triton's typing),
+  the candidate kernels the GPU check times (benchmarks/triton_candidates.py) too;
 - GHM-C's sigmoid is the CUDA math library's expf (its ``fma.rm`` rounding step) and an IEEE
   division (``div.rn.f32``), not ``tl.sigmoid``'s approximations;
 - GHM-R's kernels contain no FMA at all (``d * d + mu^2`` rounds twice, as in PyTorch), and use
@@ -32,6 +33,8 @@ def _compile_all() -> dict:
 
     from mmdet_ghm.ops import triton_kernels as K
     from mmdet_ghm.ops import triton_passes as P
+    sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+    import triton_candidates as TC  # what the GPU check times beside the shipped kernels
 
     def ptx(kernel, types, constexprs, **options):
         signature = {name: 'constexpr' if name in constexprs else types[name]
@@ -85,6 +88,15 @@ def _compile_all() -> dict:
                        enable_fp_fusion=P.CLS_FP_FUSION),
         'reduce': ptx(K.slot_partials_reduce_kernel, common, dict(RBLOCK=P.REDUCE_BLOCK),
                       num_warps=P.REDUCE_WARPS, enable_fp_fusion=False),
+        'candidate_count': ptx(TC.ghmc_count_kernel, common, dict(
+            cls_hist, BLOCK=TC.COUNT_CONFIGS[-1][0], BLOCKS=TC.COUNT_CONFIGS[-1][1]),
+            num_warps=TC.COUNT_CONFIGS[-1][2], enable_fp_fusion=P.CLS_FP_FUSION),
+        'candidate_weighted_loss': ptx(TC.ghmc_weighted_loss_kernel, dict(
+            common, partials_ptr='*fp32'), dict(cls, BLOCKS=TC.LOSS_CONFIGS[0][1]), **cls_options),
+        'candidate_finalize': ptx(TC.loss_finalize_kernel, dict(
+            common, partials_ptr='*fp32', loss_ptr='*fp32', skip_ptr='*u8'),
+            dict(CDT=tl.float32, RBLOCK=P.REDUCE_BLOCK), num_warps=P.REDUCE_WARPS,
+            enable_fp_fusion=False),
     }
 
 
@@ -106,7 +118,7 @@ def test_every_kernel_compiles_for_sm90(ptx):
 
 def test_ghmc_sigmoid_is_cuda_expf_and_ieee_division(ptx):
     for name in ('ghmc_histogram', 'ghmc_histogram_soft', 'ghmc_grad', 'ghmc_elementwise_loss',
-                 'sigmoid'):
+                 'sigmoid', 'candidate_count', 'candidate_weighted_loss'):
         assert re.search(r'fma\.rm\.f32', ptx[name]), name  # libdevice expf's rounding step
         assert re.search(r'div\.rn\.f32', ptx[name]), name
     assert re.search(r'div\.rn\.f64', ptx['ghmc_histogram_f64'])

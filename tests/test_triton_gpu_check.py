@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py's own logic, run here as its --dry-run: CPU tensors under the Triton
 interpreter, tiny shapes. Its figures mean nothing; it proves the check imports, runs every step's
-code path (parity against mmdet's classes included) and writes its results."""
+code path (parity against mmdet's classes included, and the candidate forward of
+benchmarks/triton_candidates.py against the shipped one) and writes its results."""
 import json
 import os
 import subprocess
@@ -25,7 +26,12 @@ def test_gpu_check_dry_run_writes_a_passing_report(tmp_path):
     assert len(parity) >= 8 and all(c['status'] == 'PASS' for c in parity)
     assert any('vs mmdet' in c['detail'] and 'EMA state equal' in c['detail'] for c in parity)
     assert by_step['bigoffs'][0]['status'] == 'PASS'
+    candidate = [c for c in by_step['timing'] if 'candidate two-read' in c['name']]
+    assert len(candidate) == 2 and all(c['status'] == 'INFO' for c in candidate)
+    assert all(c['detail'].startswith('counts equal') and 'EMA state equal' in c['detail']
+               for c in candidate)
     methods = {row['method'] for row in report['timing']}
-    assert {'GHM-C mmdet_ghm (Triton)', 'BCE-with-logits (eager)', 'GHM-C mmdet 3.3.0'} <= methods
+    assert {'GHM-C mmdet_ghm (Triton)', 'BCE-with-logits (eager)', 'GHM-C mmdet 3.3.0',
+            'GHM-C mmdet_ghm (Triton), trained-detector g'} <= methods
     markdown = (tmp_path / 'results.md').read_text()
     assert 'DRY RUN' in markdown and '| size | method |' in markdown
