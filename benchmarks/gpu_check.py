@@ -687,7 +687,8 @@ def _candidate_timing(R, G, torch, dev, size, x, labels, lw, reps):
     """The candidate two-read forward (benchmarks/triton_candidates.py) against the shipped
     forward on the same inputs: counts, loss and EMA state of the first call compared, then the
     forward's kernels timed (histogram or count pass + reduction, weighing, weighted loss)."""
-    sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+    if os.path.join(REPO, 'benchmarks') not in sys.path:
+        sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
     import triton_candidates as TC
 
     def call(density):
@@ -701,11 +702,10 @@ def _candidate_timing(R, G, torch, dev, size, x, labels, lw, reps):
     loss = shipped.weigh(counts, sums, call(shipped_density)).loss
     candidate_counts, candidate_loss = TC.two_read_forward(candidate, call(candidate_density))
     loss_ok, loss_text = close(torch, candidate_loss, loss, 1e-5)
-    same = (torch.equal(candidate_counts, counts) and loss_ok
-            and torch.equal(candidate_density.acc_sum, shipped_density.acc_sum))
-    lines = [f'counts {"equal" if torch.equal(candidate_counts, counts) else "DIFFER"}, loss '
-             f'{loss_text}, EMA state '
-             f'{"equal" if torch.equal(candidate_density.acc_sum, shipped_density.acc_sum) else "DIFFERS"}']
+    counts_ok = torch.equal(candidate_counts, counts)
+    state_ok = torch.equal(candidate_density.acc_sum, shipped_density.acc_sum)
+    lines = [f'counts {"equal" if counts_ok else "DIFFER"}, loss {loss_text}, EMA state '
+             f'{"equal" if state_ok else "DIFFERS"}']
     fwd_ms = cuda_time(torch, lambda: shipped.weigh(*shipped.histogram(), call(shipped_density)),
                        reps)
     lines.append(f'shipped forward (histogram, reduction, weighing) {fwd_ms * 1e3:.0f} us')
@@ -722,8 +722,24 @@ def _candidate_timing(R, G, torch, dev, size, x, labels, lw, reps):
         lines.append(f'candidate count {config[1]} x {config[0]}/{config[2]} warps: count + '
                      f'reduction {count_ms * 1e3:.0f} us, forward {total_ms * 1e3:.0f} us '
                      f'({total_ms / fwd_ms:.2f}x shipped)')
-    R.add('timing', f'{size} candidate two-read forward', 'INFO' if same else 'WARN',
-          '; '.join(lines))
+    R.add('timing', f'{size} candidate two-read forward',
+          'INFO' if counts_ok and loss_ok and state_ok else 'WARN', '; '.join(lines))
+
+
+def ghmc_bytes(n, c):
+    """Bytes a GHM-C fwd+bwd must move: logits read twice, grad written, labels + weights."""
+    return 3 * n * c * 4 + 2 * n * 12
+
+
+def add_ghmc_timing(R, size, method, ms, focal_ms, nbytes):
+    """One row of the timing table, with its effective bandwidth."""
+    tbs = nbytes / (ms * 1e-3) / 1e12
+    peak = getattr(R, 'peak', None)
+    R.timing.append(dict(size=size, method=method, ms=ms,
+                         vs_focal='' if focal_ms is None else f'{ms / focal_ms:.2f}x',
+                         tbs=f'{tbs:.2f} TB/s',
+                         pct_peak='' if not peak else f'{100 * tbs * 1e12 / peak:.0f}%'))
+    R.write()
 
 
 def step_timing(R, G, torch, dev):
@@ -760,14 +776,9 @@ def step_timing(R, G, torch, dev):
                 results[name] = cuda_time(torch, fb, reps=5 if 'mmdet 3' in name else reps)
             R.guard('timing', f'{size} {name}', timed, min_left=20)
         focal_ms = next((v for k, v in results.items() if k.startswith('focal')), None)
-        nbytes = 3 * n * c * 4 + 2 * n * 12  # logits read twice, grad written, labels + weights
+        nbytes = ghmc_bytes(n, c)
         for name, ms in results.items():
-            tbs = nbytes / (ms * 1e-3) / 1e12
-            R.timing.append(dict(
-                size=size, method=name, ms=ms,
-                vs_focal='' if focal_ms is None else f'{ms / focal_ms:.2f}x',
-                tbs=f'{tbs:.2f} TB/s', pct_peak='' if not peak else f'{100 * tbs * 1e12 / peak:.0f}%'))
-        R.write()
+            add_ghmc_timing(R, size, name, ms, focal_ms, nbytes)
         ours = results.get('GHM-C mmdet_ghm (Triton)')
         theirs = results.get('GHM-C mmdet 3.3.0')
         if ours and focal_ms and not R.dry_run:
@@ -801,14 +812,8 @@ def _trained_timing(R, G, torch, dev, size, n, c, reps, focal_ms):
     def fb():
         p = x.detach().requires_grad_()
         G.function.ghmc_loss(p, labels, None, lw, density, backend='triton').backward()
-    ms = cuda_time(torch, fb, reps)
-    tbs = (3 * n * c * 4 + 2 * n * 12) / (ms * 1e-3) / 1e12
-    peak = getattr(R, 'peak', None)
-    R.timing.append(dict(size=size, method='GHM-C mmdet_ghm (Triton), trained-detector g', ms=ms,
-                         vs_focal='' if focal_ms is None else f'{ms / focal_ms:.2f}x',
-                         tbs=f'{tbs:.2f} TB/s',
-                         pct_peak='' if not peak else f'{100 * tbs * 1e12 / peak:.0f}%'))
-    R.write()
+    add_ghmc_timing(R, size, 'GHM-C mmdet_ghm (Triton), trained-detector g',
+                    cuda_time(torch, fb, reps), focal_ms, ghmc_bytes(n, c))
     _kernel_timing(R, G, torch, dev, f'{size}, trained g', x, labels, lw, reps)
     _candidate_timing(R, G, torch, dev, f'{size}, trained g', x, labels, lw, reps)
 
