@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .binning import Binning, edges_layout, mmdet_edges
-from .inputs import check_bins, check_momentum
+from .inputs import GHMArgumentError, check_bins, check_momentum
 
 
 class GradientDensity(nn.Module):
@@ -133,6 +133,26 @@ class GradientDensity(nn.Module):
         if self._recorded is not None:
             self._recorded += slot_counts
 
+    def check_state(self) -> None:
+        """GHMArgumentError naming a state buffer (assigned, or loaded with ``assign=True``)
+        that is not one entry per bin: a shape other than ``(bins,)`` (the weighings would index
+        past a shorter one; mmdet raises an IndexError), or an expanded view whose entries share
+        one element."""
+        for name in ('acc_sum', 'num_updates'):
+            state = getattr(self, name)
+            if state.shape != (self.bins,) or (self.bins > 1 and state.stride(0) == 0):
+                what = 'an expanded view' if state.shape == (self.bins,) else 'a tensor'
+                raise GHMArgumentError(
+                    f'{name} must have one entry per bin, shape ({self.bins},), got {what} of '
+                    f'shape {tuple(state.shape)}')
+
+    def state_writable_on(self, device: torch.device) -> bool:
+        """Whether a fused weighing may write the EMA state through pointers on ``device``:
+        both buffers contiguous float32 there. Otherwise :meth:`update`'s PyTorch ops do it (a
+        float64 or strided state, as mmdet's indexing would)."""
+        return all(t.device == device and t.dtype == torch.float32 and t.is_contiguous()
+                   for t in (self.acc_sum, self.num_updates))
+
     def mark_state_written(self) -> None:
         """Bump the EMA state's version counters after a fused weighing wrote it through a
         pointer, as an in-place PyTorch op would: a graph that saved the state then fails in
@@ -205,6 +225,7 @@ class GradientDensity(nn.Module):
         if valid is not None and valid.shape != g.shape:
             raise ValueError(f'valid must have the shape of g {tuple(g.shape)}, '
                              f'got {tuple(valid.shape)}')
+        self.check_state()
         g = g.detach()
         valid = g >= 0 if valid is None else valid.bool() & (g >= 0)
         slots = self.slot_index(g, valid)

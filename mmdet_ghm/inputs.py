@@ -195,8 +195,11 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
     (pred (N, C), labels (N,), C = background); with pred's dims it is a target of pred's shape
     (float, or integer / bool one-hot, taken as float as mmdet does); a ``(labels, scores)`` pair
     is a Quality Focal Loss target (see :func:`_quality_target`). ``label_weight``: None,
-    pred's shape, (N,) or (N, 1) per anchor with labels; with targets, (N,) per row or any shape
-    that broadcasts to pred's (mmdet's normalizer: the valid elements of the weight as given).
+    pred's shape, (N,) or (N, 1) per anchor with labels, or one element for every anchor
+    (mmdet's normalizer: C); with targets, (N,) per row or any shape that broadcasts to pred's
+    (mmdet's normalizer: the valid elements of the weight as given). float64 weights are
+    rounded to float32 first, as mmdet's ``label_weight.float()``: a positive weight below
+    float32's range is not valid.
 
     Labels outside [0, C] raise here when ``check_labels_now`` and pred is on the CPU; otherwise
     they come back as ``poison`` (a device tensor: no host sync, and no rank raising alone while
@@ -208,6 +211,8 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
     target = _check_tensor('target', target, pred)
     if label_weight is not None:
         label_weight = _check_tensor('label_weight', label_weight, pred)
+        if label_weight.dtype == torch.float64:  # mmdet tests label_weight.float() > 0
+            label_weight = label_weight.float()
     shape = pred.shape
     num_classes = shape[-1] if pred.dim() else 1
     rows = _rows(shape)
@@ -229,11 +234,15 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
         else:
             poison = out_of_range  # the loss becomes NaN, the state is kept
         if label_weight is not None and label_weight.shape != shape:
-            if label_weight.shape not in ((rows,), (rows, 1)):
+            # mmdet: label_weight.view(-1, 1).expand(label_weight.size(0), C), against (N, C)
+            anchors = label_weight.shape[0] if label_weight.dim() else 0
+            if label_weight.numel() != anchors or anchors not in (rows, 1):
                 raise GHMArgumentError(
-                    f'label_weight must have shape {tuple(shape)}, ({rows},) or ({rows}, 1) '
-                    f'(or be None), got {tuple(label_weight.shape)}')
-            label_weight = label_weight.reshape(rows)  # per row
+                    f'label_weight must have shape {tuple(shape)}, ({rows},) or ({rows}, 1), '
+                    f'or one element (or be None), got {tuple(label_weight.shape)}')
+            if anchors != rows:  # one weight for every row; mmdet's tot: that row's C elements
+                tot = (label_weight.reshape(()) > 0).to(torch.float32) * num_classes
+            label_weight = label_weight.reshape(anchors).expand(rows)  # per row
     else:
         if target.shape != shape:
             raise GHMArgumentError(f'target must have the shape of pred {tuple(shape)} (or be '

@@ -61,6 +61,20 @@ class _GHMLoss(nn.Module):
     def bins(self) -> int:
         return self.density.bins
 
+    @bins.setter
+    def bins(self, value) -> None:
+        raise GHMArgumentError(f'bins is fixed when the loss is built (its edges and state have '
+                               f'{self.bins} bins), got an assignment of {value!r}: build a new '
+                               'loss with bins=...')
+
+    @property
+    def loss_weight(self) -> float:
+        return self._loss_weight
+
+    @loss_weight.setter
+    def loss_weight(self, value) -> None:
+        self._loss_weight = check_loss_weight(value)
+
     @property
     def momentum(self) -> float:
         return self.density.momentum
@@ -153,9 +167,10 @@ class GHMC(_GHMLoss):
                 ``(labels (N,), scores (N,))`` (GFL, TOOD, RTMDet): ``scores`` in [0, 1] at each
                 labelled class, 0 elsewhere.
             label_weight: None (all valid), pred's shape, or per anchor: (N,) or (N, 1) with
-                labels, (N,) rows or any shape broadcasting to pred's with targets (mmdet's
-                normalizer). An element is valid where its weight is > 0 (the values are not
-                used otherwise, as in mmdet).
+                labels (or one element for all, mmdet's normalizer: C), (N,) rows or any shape
+                broadcasting to pred's with targets (mmdet's normalizer). An element is valid
+                where its weight, as float32, is > 0 (the values are not used otherwise, as in
+                mmdet).
             reduction_override: 'none', 'mean' or 'sum'.
             avg_factor: accepted for mmdet's call sites and ignored: GHM-C normalizes by the
                 number of valid elements, as mmdet's GHMC does.

@@ -701,3 +701,98 @@ def test_ghmr_weight_that_broadcasts_gives_mmdets_numbers(dtype, tiny):
     acc_a, acc_b = ours.acc_sum, theirs.acc_sum
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
     assert torch.equal(grad_a, grad_b) and torch.equal(acc_a, acc_b)
+
+
+@pytest.fixture(params=['cpu', 'triton'])
+def module_backend(request, monkeypatch):
+    """The loss modules on the CPU passes, or on the Triton path (the interpreter's here)."""
+    if request.param == 'triton':
+        from mmdet_ghm.ops import function
+        use_triton = function._use_triton
+        monkeypatch.setattr(function, '_use_triton', lambda device, backend: (
+            True if backend is None else use_triton(device, backend)))
+    return request.param
+
+
+@pytest.mark.parametrize('state', ['short', 'long', 'expanded', 'num_updates'])
+def test_state_without_one_entry_per_bin_raises(state, module_backend):
+    """A shorter acc_sum made the fused weighings read and write past its end (mmdet raises an
+    IndexError); an expanded one has one element for all bins."""
+    loss = GHMC(bins=10, momentum=0.75)
+    pred, labels = torch.randn(40, 5), torch.randint(0, 6, (40,))
+    if state == 'num_updates':
+        loss.density.num_updates = torch.zeros(9)
+    else:
+        loss.acc_sum = dict(short=torch.ones(5), long=torch.ones(11),
+                            expanded=torch.ones(1).expand(10))[state]
+    before = loss.acc_sum.clone()
+    name = 'num_updates' if state == 'num_updates' else 'acc_sum'
+    with pytest.raises(ValueError, match=f'{name} must have one entry per bin'):
+        loss(pred, labels)
+    with pytest.raises(ValueError, match=f'{name} must have one entry per bin'):
+        loss.density(torch.rand(8))
+    assert torch.equal(loss.acc_sum, before)
+
+
+@pytest.mark.parametrize('state', ['strided', 'int64', 'float64'])
+def test_state_of_another_layout_or_dtype_weighs_as_mmdets(state, module_backend):
+    """A state the fused weighings cannot write through a pointer (strided, another dtype,
+    e.g. from load_state_dict(assign=True) or set_default_dtype(float64)) is updated by
+    PyTorch's ops, as mmdet's: the Triton path had ignored the strides and dtype (a wrong loss
+    and state) or failed to compile for float64."""
+    pred, labels = torch.randn(40, 5) * 3, torch.randint(0, 6, (40,))
+    results = []
+    for loss in (GHMC(bins=10, momentum=0.75), MMDetGHMC(bins=10, momentum=0.75)):
+        loss.acc_sum = dict(strided=torch.arange(1.0, 21.0).reshape(10, 2)[:, 1],
+                            int64=torch.arange(1, 11), float64=torch.linspace(1, 3, 10).double(),
+                            )[state]
+        results.append([_loss_and_grad(lambda p: loss(p, labels, torch.ones(40)), pred)
+                        for _ in range(2)] + [loss.acc_sum])
+    (ours, theirs) = results
+    for (loss_a, grad_a), (loss_b, grad_b) in zip(ours[:2], theirs[:2]):
+        torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
+        torch.testing.assert_close(grad_a, grad_b, rtol=1e-6, atol=1e-9)
+    assert torch.equal(ours[2], theirs[2])
+
+
+def test_ghmc_float64_weights_are_valid_as_float32(module_backend):
+    """mmdet tests ``label_weight.float() > 0``: a float64 weight below float32's range is not
+    valid (it had been counted)."""
+    pred, labels, _, _ = _cls_problem(n=60, c=5)
+    weight = torch.ones(60, dtype=torch.float64)
+    weight[:20] = 1e-300
+    ours, theirs = GHMC(bins=10, momentum=0.75), MMDetGHMC(bins=10, momentum=0.75)
+    (loss_a, grad_a), (loss_b, grad_b) = (
+        _loss_and_grad(lambda p: m(p, labels, weight), pred) for m in (ours, theirs))
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_a, grad_b, rtol=1e-6, atol=1e-9)
+    assert not grad_a[:20].any() and torch.equal(ours.acc_sum, theirs.acc_sum)
+
+
+@pytest.mark.parametrize('shape', [(1,), (1, 1), (60, 1, 1)])
+def test_labels_with_one_weight_or_an_anchor_column_give_mmdets_numbers(shape, module_backend):
+    """mmdet expands label_weight.view(-1, 1) to (label_weight.size(0), C): one weight then
+    stands for every anchor, with tot = C (one row's elements)."""
+    pred, labels, _, _ = _cls_problem(n=60, c=5)
+    weight = torch.rand(shape) + 0.5
+    ours, theirs = GHMC(bins=10, momentum=0.75), MMDetGHMC(bins=10, momentum=0.75)
+    (loss_a, grad_a), (loss_b, grad_b) = (
+        _loss_and_grad(lambda p: m(p, labels, weight), pred) for m in (ours, theirs))
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_a, grad_b, rtol=1e-6, atol=1e-9)
+    assert torch.equal(ours.acc_sum, theirs.acc_sum)
+    with pytest.raises(ValueError, match='label_weight must have shape'):
+        ours(pred, labels, torch.ones(2, 1))
+
+
+def test_loss_weight_and_bins_assignments_are_checked():
+    """A tensor loss_weight was silently taken as a float (its gradient dropped); bins cannot
+    change after the edges and state were built (an AttributeError before)."""
+    loss = GHMC(bins=10, loss_weight=2)
+    loss.loss_weight = 0.5
+    assert loss.loss_weight == 0.5
+    with pytest.raises(ValueError, match='loss_weight must be a finite float'):
+        loss.loss_weight = torch.tensor(3.0, requires_grad=True)
+    with pytest.raises(ValueError, match='bins is fixed'):
+        loss.bins = 5
+    assert loss.bins == 10 and loss.loss_weight == 0.5

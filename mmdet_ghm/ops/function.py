@@ -88,6 +88,7 @@ class GHMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(pred: Tensor, target: Optional[Tensor], call: _Call) -> Tensor:
+        call.density.check_state()
         call.binning = call.density.binning
         call.backend = backend = call.make_backend(pred.detach(), call.binning)
         weighing = backend.weigh(*backend.histogram(), call)

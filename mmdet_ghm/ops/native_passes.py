@@ -150,8 +150,8 @@ def _float32_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Te
 
 
 def _plain_cpu_float32(t: Optional[Tensor]) -> bool:
-    """What ``ghm_weigh`` reads and writes through a pointer: a contiguous float32 CPU tensor (a
-    state loaded with ``assign=True`` from a float64 checkpoint is not; None passes)."""
+    """What ``ghm_weigh`` reads through a pointer: a contiguous float32 CPU tensor (None
+    passes)."""
     return t is None or (t.device.type == 'cpu' and t.dtype == torch.float32
                          and t.is_contiguous())
 
@@ -165,8 +165,9 @@ class _NativeWeighing:
 
     def weigh(self, slot_counts: Tensor, slot_loss_sums: Tensor, call) -> Weighing:
         density = call.density
-        if density.synchronizes() or density.bias_correction or not all(
-                _plain_cpu_float32(t) for t in (density.acc_sum, density.num_updates, call.tot)):
+        if (density.synchronizes() or density.bias_correction
+                or not density.state_writable_on(torch.device('cpu'))
+                or not _plain_cpu_float32(call.tot)):
             return super().weigh(slot_counts, slot_loss_sums, call)
         try:
             state = density.acc_sum.data_ptr(), density.num_updates.data_ptr()

@@ -98,11 +98,12 @@ class _TritonBackend(GHMBackend):
     def weigh(self, slot_counts: Tensor, slot_loss_sums: Tensor, call) -> Weighing:
         """One launch of :func:`~.triton_kernels.ghm_weigh_kernel`. Under ``sync_across_ranks``
         with several ranks (an all-reduce between counting and weighing) or with
-        ``bias_correction``: the PyTorch ops of :meth:`GHMBackend.weigh`; they also handle (and
-        reject, as PyTorch does) a density whose state is on another device than pred."""
+        ``bias_correction``, or a state the kernel cannot write through a pointer (float64,
+        strided): the PyTorch ops of :meth:`GHMBackend.weigh`; they also handle (and reject, as
+        PyTorch does) a density whose state is on another device than pred."""
         density = call.density
         if (density.synchronizes() or density.bias_correction
-                or density.acc_sum.device != slot_counts.device):
+                or not density.state_writable_on(slot_counts.device)):
             return super().weigh(slot_counts, slot_loss_sums, call)
         density.record(slot_counts)
         device, slots = slot_counts.device, slot_counts.numel()
