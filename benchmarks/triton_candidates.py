@@ -91,7 +91,8 @@ def count_pass(backend, config=COUNT_CONFIGS[0]):
 
 
 def weighted_loss(backend, weighing, loss_weight: float, config=LOSS_CONFIGS[0]):
-    """The reduced ('mean' or 'sum') loss from the weighing's slot weights, divisor and skip."""
+    """The reduced ('mean' or 'sum') loss from the Triton weighing's slot weights, divisor and
+    skip (the PyTorch weighing's 'sum' has no divisor tensor)."""
     block, blocks, warps = config
     programs = triton.cdiv(backend.numel, block * blocks)
     partials = backend.pred.new_empty(programs, dtype=backend.dtype)

@@ -134,10 +134,12 @@ class GradientDensity(nn.Module):
             self._recorded += slot_counts
 
     def check_state(self) -> None:
-        """GHMArgumentError naming a state buffer (assigned, or loaded with ``assign=True``)
-        that is not one entry per bin: a shape other than ``(bins,)`` (the weighings would index
-        past a shorter one; mmdet raises an IndexError), or an expanded view whose entries share
-        one element."""
+        """With momentum > 0 (else the state is never read): GHMArgumentError naming a state
+        buffer (assigned, or loaded with ``assign=True``) that is not one entry per bin: a shape
+        other than ``(bins,)`` (the weighings would index past a shorter one; mmdet raises an
+        IndexError), or an expanded view whose entries share one element."""
+        if self.momentum == 0:
+            return
         for name in ('acc_sum', 'num_updates'):
             state = getattr(self, name)
             if state.shape != (self.bins,) or (self.bins > 1 and state.stride(0) == 0):
@@ -150,8 +152,7 @@ class GradientDensity(nn.Module):
         """Whether a fused weighing may write the EMA state through pointers on ``device``:
         both buffers contiguous float32 there. Otherwise :meth:`update`'s PyTorch ops do it (a
         float64 or strided state, as mmdet's indexing would)."""
-        return all(t.device == device and t.dtype == torch.float32 and t.is_contiguous()
-                   for t in (self.acc_sum, self.num_updates))
+        return all(plain_float32_on(t, device) for t in (self.acc_sum, self.num_updates))
 
     def mark_state_written(self) -> None:
         """Bump the EMA state's version counters after a fused weighing wrote it through a
@@ -197,13 +198,16 @@ class GradientDensity(nn.Module):
         num_nonempty = nonempty.sum().clamp_(min=1).to(torch.float32)
         tot = tot.to(torch.float32)
         if self.momentum > 0:
-            # mmdet: acc = m * acc + (1 - m) * count, the second term formed in double precision.
-            ema = self.acc_sum * self.momentum + ((1 - self.momentum) * counts.double()).float()
+            # mmdet: acc = m * acc + (1 - m) * count, the second term formed in double precision
+            # and rounded to the dtype of m * acc (float32, or a float64 state's)
+            ema = self.acc_sum * self.momentum + ((1 - self.momentum) * counts.double()).to(
+                torch.result_type(self.acc_sum, self.momentum))
             updated = nonempty if skip is None else nonempty & ~skip
             self.acc_sum.copy_(torch.where(updated, ema, self.acc_sum))
             self.num_updates.add_(updated)
-            # mmdet's `tot / acc` is Tensor.__rtruediv__, i.e. reciprocal(acc) * tot.
-            weights = self._ema_density().reciprocal() * tot
+            # mmdet's `tot / acc` is Tensor.__rtruediv__, i.e. reciprocal(acc) * tot; float32
+            # whatever the state's dtype
+            weights = (self._ema_density().reciprocal() * tot).float()
         else:
             weights = (tot.double() / counts.double()).float()
         weights = torch.where(nonempty, weights, torch.zeros_like(weights)) / num_nonempty
@@ -255,6 +259,12 @@ class GradientDensity(nn.Module):
             state_dict.setdefault(prefix + key, getattr(self, key).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._set_binning(edges_layout(self.edges))
+
+
+def plain_float32_on(t: Tensor, device: torch.device) -> bool:
+    """What a kernel reads or writes through a pointer: a contiguous float32 tensor on
+    ``device``."""
+    return t.device == device and t.dtype == torch.float32 and t.is_contiguous()
 
 
 def _version(t: Tensor) -> Optional[int]:

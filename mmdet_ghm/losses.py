@@ -75,6 +75,11 @@ class _GHMLoss(nn.Module):
     def loss_weight(self, value) -> None:
         self._loss_weight = check_loss_weight(value)
 
+    def __setstate__(self, state) -> None:
+        if 'loss_weight' in state:  # a whole module pickled while loss_weight was a plain attribute
+            state['_loss_weight'] = state.pop('loss_weight')
+        super().__setstate__(state)
+
     @property
     def momentum(self) -> float:
         return self.density.momentum

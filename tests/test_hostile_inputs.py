@@ -741,18 +741,36 @@ def test_state_of_another_layout_or_dtype_weighs_as_mmdets(state, module_backend
     PyTorch's ops, as mmdet's: the Triton path had ignored the strides and dtype (a wrong loss
     and state) or failed to compile for float64."""
     pred, labels = torch.randn(40, 5) * 3, torch.randint(0, 6, (40,))
-    results = []
-    for loss in (GHMC(bins=10, momentum=0.75), MMDetGHMC(bins=10, momentum=0.75)):
+    results = []  # momentum 0.9: (1 - m) * count is not exact in float32
+    for loss in (GHMC(bins=10, momentum=0.9), MMDetGHMC(bins=10, momentum=0.9)):
         loss.acc_sum = dict(strided=torch.arange(1.0, 21.0).reshape(10, 2)[:, 1],
                             int64=torch.arange(1, 11), float64=torch.linspace(1, 3, 10).double(),
                             )[state]
         results.append([_loss_and_grad(lambda p: loss(p, labels, torch.ones(40)), pred)
-                        for _ in range(2)] + [loss.acc_sum])
+                        for _ in range(3)] + [loss.acc_sum])
     (ours, theirs) = results
-    for (loss_a, grad_a), (loss_b, grad_b) in zip(ours[:2], theirs[:2]):
+    for (loss_a, grad_a), (loss_b, grad_b) in zip(ours[:3], theirs[:3]):
         torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
         torch.testing.assert_close(grad_a, grad_b, rtol=1e-6, atol=1e-9)
-    assert torch.equal(ours[2], theirs[2])
+    assert torch.equal(ours[3], theirs[3])
+
+
+def test_default_dtype_float64_gives_mmdets_float64_state(module_backend):
+    """Built under set_default_dtype(float64), the state is float64 on both sides, and its EMA
+    is formed in float64 as mmdet's."""
+    pred, labels, weight, _ = _cls_problem(n=60, c=5)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ours, theirs = GHMC(bins=10, momentum=0.9), MMDetGHMC(bins=10, momentum=0.9)
+    finally:
+        torch.set_default_dtype(default)
+    for _ in range(3):
+        (loss_a, grad_a), (loss_b, grad_b) = (
+            _loss_and_grad(lambda p: m(p, labels, weight), pred) for m in (ours, theirs))
+        torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
+        torch.testing.assert_close(grad_a, grad_b, rtol=1e-6, atol=1e-9)
+    assert ours.acc_sum.dtype == torch.float64 and torch.equal(ours.acc_sum, theirs.acc_sum)
 
 
 def test_ghmc_float64_weights_are_valid_as_float32(module_backend):
@@ -796,3 +814,14 @@ def test_loss_weight_and_bins_assignments_are_checked():
     with pytest.raises(ValueError, match='bins is fixed'):
         loss.bins = 5
     assert loss.bins == 10 and loss.loss_weight == 0.5
+
+
+def test_a_module_pickled_with_a_plain_loss_weight_attribute_loads():
+    """torch.save(model) of an earlier version holds loss_weight in the module's __dict__."""
+    loss = GHMC(bins=10, loss_weight=2.0)
+    state = dict(loss.__dict__)
+    state['loss_weight'] = state.pop('_loss_weight')
+    restored = GHMC.__new__(GHMC)
+    restored.__setstate__(state)
+    assert restored.loss_weight == 2.0
+    assert torch.isfinite(restored(torch.randn(4, 3), torch.randint(0, 4, (4,))))

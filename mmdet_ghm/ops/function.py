@@ -197,7 +197,8 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
         labels: (M,) integer labels in [0, C] (C = background), or None.
         target: (M, C) float targets when ``labels`` is None; elements whose g = |sigmoid(x) - t|
             falls outside every bin (t outside [0, 1]) get weight 0 and are not counted (mmdet).
-        weight: None, (M,) per row or (M, C) per element; valid where > 0.
+        weight: None, (M,) per row or (M, C) per element; valid where > 0 in its own dtype
+            (:class:`mmdet_ghm.GHMC` rounds a float64 weight to float32 first, as mmdet).
         density: the gradient density (its EMA state is updated).
         poison: optional 0-dim bool; when True the loss is NaN and the state is left untouched.
         backend: None (Triton on CUDA, C++ or PyTorch passes on CPU), 'cpu' or 'triton'.

@@ -34,8 +34,11 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..density import plain_float32_on
 from .backend import REDUCTION_CODES, Weighing
 from .cpu_passes import ClassificationCPU, RegressionCPU, _exact, padded_length
+
+CPU = torch.device('cpu')
 
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'ghm_cpu.cpp')
 # -ffp-contract=off: no FMA may change a rounding (GCC contracts by default where FMA exists).
@@ -149,13 +152,6 @@ def _float32_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Te
     return slot_scale, None
 
 
-def _plain_cpu_float32(t: Optional[Tensor]) -> bool:
-    """What ``ghm_weigh`` reads through a pointer: a contiguous float32 CPU tensor (None
-    passes)."""
-    return t is None or (t.device.type == 'cpu' and t.dtype == torch.float32
-                         and t.is_contiguous())
-
-
 class _NativeWeighing:
     """:meth:`~.backend.GHMBackend.weigh` in one C++ call (``ghm_weigh``, the twin of the Triton
     weighing kernel) instead of some 30 tiny PyTorch ops. Under ``sync_across_ranks`` with
@@ -166,8 +162,8 @@ class _NativeWeighing:
     def weigh(self, slot_counts: Tensor, slot_loss_sums: Tensor, call) -> Weighing:
         density = call.density
         if (density.synchronizes() or density.bias_correction
-                or not density.state_writable_on(torch.device('cpu'))
-                or not _plain_cpu_float32(call.tot)):
+                or not density.state_writable_on(CPU)
+                or not (call.tot is None or plain_float32_on(call.tot, CPU))):
             return super().weigh(slot_counts, slot_loss_sums, call)
         try:
             state = density.acc_sum.data_ptr(), density.num_updates.data_ptr()
