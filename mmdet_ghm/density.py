@@ -55,22 +55,22 @@ class GradientDensity(nn.Module):
         self.register_buffer('acc_sum', torch.zeros(self.bins))
         self.register_buffer('num_updates', torch.zeros(self.bins))
         self._binning: Optional[Binning] = None
-        self._binning_version: Optional[int] = None
+        self._binning_edition: Tuple[Optional[int], Optional[int]] = (None, None)
         self._set_binning(edges_layout(self.edges))
         self._recorded: Optional[Tensor] = None  # see start_recording()
 
     @property
     def binning(self) -> Binning:
         """The binning of the current edges (on the edges' device), rebuilt when the edges
-        tensor is replaced or edited in place (its version counter)."""
+        tensor is replaced or edited in place (its version counter and storage)."""
         binning = self._binning
-        if binning.edges is not self.edges or self._binning_version != _version(self.edges):
+        if binning.edges is not self.edges or self._binning_edition != _edition(self.edges):
             self._set_binning(edges_layout(self.edges))  # reads the edges: once per change
         return self._binning
 
     def _set_binning(self, layout: Tuple[bool, bool]) -> None:
         self._binning = Binning(self.edges, layout)
-        self._binning_version = _version(self.edges)
+        self._binning_edition = _edition(self.edges)
 
     @property
     def num_slots(self) -> int:
@@ -249,12 +249,18 @@ class GradientDensity(nn.Module):
             if old is not None and new is not None and new.dtype != old.dtype:
                 self._buffers[name] = old.to(new.device)
         binning = self._binning  # moved, not changed: no read on the device, unless edited before
-        if binning.edges is before['edges'] and self._binning_version == _version(binning.edges):
+        if binning.edges is before['edges'] and self._binning_edition == _edition(binning.edges):
             self._set_binning((binning.uniform_edges, binning.increasing_edges))
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # mmdet's checkpoints have no num_updates, and no acc_sum when momentum == 0: keep ours.
+        # Their acc_sum is an EMA of unknown age, used as it is: bins it holds count as updated
+        # infinitely often (bias_correction's 1 - m^k is then 1), the others never.
+        acc_sum = state_dict.get(prefix + 'acc_sum')
+        if isinstance(acc_sum, Tensor) and prefix + 'num_updates' not in state_dict:
+            state_dict[prefix + 'num_updates'] = torch.where(
+                acc_sum != 0, float('inf'), 0.0).to(torch.float32)
         for key in ('acc_sum', 'num_updates'):
             state_dict.setdefault(prefix + key, getattr(self, key).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -267,10 +273,17 @@ def plain_float32_on(t: Tensor, device: torch.device) -> bool:
     return t.device == device and t.dtype == torch.float32 and t.is_contiguous()
 
 
-def _version(t: Tensor) -> Optional[int]:
-    """t's version counter (bumped by every in-place op); None for an inference tensor, which
-    has none."""
+def _edition(t: Tensor) -> Tuple[Optional[int], Optional[int]]:
+    """What moves when t's values may have changed, read without reading them: its version
+    counter (bumped by every in-place op) and its storage (swapped by ``t.data = u``); None
+    where an inference tensor or a functorch wrapper has none. An in-place edit through
+    ``t.data`` moves neither: PyTorch does not count it."""
     try:
-        return t._version
+        version = t._version
     except RuntimeError:
-        return None
+        version = None
+    try:
+        pointer = t.data_ptr()
+    except RuntimeError:
+        pointer = None
+    return version, pointer

@@ -86,7 +86,9 @@ def check_loss_weight(loss_weight) -> float:
 
 
 def check_flag(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
+    """True / False (also numpy's, and the integers 1 / 0 a hand-written config may hold)."""
+    if not (isinstance(value, (bool, np.bool_))
+            or isinstance(value, numbers.Integral) and value in (0, 1)):
         raise GHMArgumentError(f'{name} must be True or False, got {_describe(value)}')
     return bool(value)
 

@@ -42,8 +42,9 @@ def _flatten_density_keys(module, state_dict, prefix, local_metadata) -> None:
 class _GHMLoss(nn.Module):
     """What GHM-C and GHM-R share: the density, loss_weight, reduction and the state's keys.
 
-    ``edges`` and ``acc_sum`` (mmdet's names) are the density's live buffers; the checkpoint keys
-    are ``<loss>.edges``, ``<loss>.acc_sum`` and ``<loss>.num_updates`` whatever the momentum.
+    ``edges``, ``acc_sum`` (mmdet's names) and ``num_updates`` are the density's live buffers,
+    under the checkpoint keys ``<loss>.edges``, ``<loss>.acc_sum`` and ``<loss>.num_updates``
+    whatever the momentum: every key of the loss's state_dict is an attribute of the loss.
     """
 
     def __init__(self, bins, momentum, last_edge: float, loss_weight, reduction,
@@ -103,6 +104,14 @@ class _GHMLoss(nn.Module):
     @acc_sum.setter
     def acc_sum(self, value: Tensor) -> None:
         self.density.acc_sum = value
+
+    @property
+    def num_updates(self) -> Tensor:
+        return self.density.num_updates
+
+    @num_updates.setter
+    def num_updates(self, value: Tensor) -> None:
+        self.density.num_updates = value
 
     def _syncs_with_other_ranks(self) -> bool:
         return (self.density.sync_across_ranks and dist.is_available() and dist.is_initialized()

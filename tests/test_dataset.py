@@ -125,3 +125,11 @@ def test_registered_dataset_generates_on_first_use(tmp_path):
 def test_command_line(tmp_path):
     gen.main(['--data-root', str(tmp_path), '--splits', 'val', '--num-images', '2'])
     assert sorted(os.listdir(osp.join(str(tmp_path), 'val'))) == ['000000.jpg', '000001.jpg']
+
+
+def test_bad_split_specs_are_value_errors():
+    from mmdet_ghm.datasets.shapes_generator import split_spec
+    with pytest.raises(ValueError, match='seed must be an integer >= 0, got -1'):
+        split_spec('train', 10, -1, 160)
+    with pytest.raises(ValueError, match='need num_images >= 1'):
+        split_spec('train', 0, 0, 160)

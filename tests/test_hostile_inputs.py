@@ -825,3 +825,50 @@ def test_a_module_pickled_with_a_plain_loss_weight_attribute_loads():
     restored.__setstate__(state)
     assert restored.loss_weight == 2.0
     assert torch.isfinite(restored(torch.randn(4, 3), torch.randint(0, 4, (4,))))
+
+
+def test_edges_data_assigned_bin_as_mmdet():
+    """``loss.edges.data = t`` swaps the storage without a version bump: the binning follows
+    it. (An in-place edit through ``.data`` changes neither: docs/inputs.md.)"""
+    pred, labels, weight, _ = _cls_problem(n=500, c=6)
+    ours, theirs = GHMC(bins=4, momentum=0.7), MMDetGHMC(bins=4, momentum=0.7)
+    for loss in (ours, theirs):
+        _loss_and_grad(lambda p: loss(p, labels, weight), pred)
+        loss.edges.data = torch.tensor([0.0, 0.05, 0.2, 0.6, 1.0 + 1e-6])
+    (loss_a, grad_a), (loss_b, grad_b) = (
+        _loss_and_grad(lambda p: m(p, labels, weight), pred) for m in (ours, theirs))
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=0)
+    assert torch.equal(grad_a, grad_b) and torch.equal(ours.acc_sum, theirs.acc_sum)
+
+
+def test_every_state_dict_key_of_the_loss_is_its_attribute():
+    """torch.func.functional_call and torch.distributed.checkpoint resolve state_dict keys as
+    attributes: num_updates had been silently ignored by the first and crashed the second."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    loss = GHMC(bins=10, momentum=0.75, bias_correction=True)
+    pred, labels = torch.randn(100, 4), torch.randint(0, 5, (100,))
+    loss(pred, labels)
+    state = {k: v.clone() for k, v in loss.state_dict().items()}
+    assert set(get_model_state_dict(loss)) == set(state) == {'edges', 'acc_sum', 'num_updates'}
+    state['num_updates'] += 50
+    reference = GHMC(bins=10, momentum=0.75, bias_correction=True)
+    reference.load_state_dict({k: v.clone() for k, v in state.items()})
+    assert torch.equal(torch.func.functional_call(loss, state, (pred, labels)),
+                       reference(pred, labels))
+
+
+def test_mmdet_state_loaded_with_bias_correction_is_used_as_it_is():
+    """mmdet's checkpoints have acc_sum and no num_updates: an EMA of unknown age, taken as
+    warmed up (the correction had divided it by 1 - m^0 = 0 and given a 4x smaller loss)."""
+    gen = torch.Generator().manual_seed(0)
+    theirs = MMDetGHMC(bins=10, momentum=0.75)
+    batches = [(torch.randn(400, 5, generator=gen) * 2, torch.randint(0, 6, (400,), generator=gen))
+               for _ in range(31)]
+    for pred, labels in batches[:30]:
+        theirs(pred, labels, torch.ones(400))
+    ours = GHMC(bins=10, momentum=0.75, bias_correction=True)
+    ours.load_state_dict(theirs.state_dict())
+    pred, labels = batches[30]
+    torch.testing.assert_close(ours(pred, labels), theirs(pred, labels, torch.ones(400)),
+                               rtol=1e-6, atol=0)
+    assert torch.equal(ours.acc_sum, theirs.acc_sum)

@@ -124,11 +124,19 @@ def test_repr_shows_settings():
 @pytest.mark.parametrize('kwargs, match', [
     (dict(bins=0), '^bins '), (dict(bins=3.5), '^bins '), (dict(momentum=1.0), '^momentum '),
     (dict(momentum=-0.5), '^momentum '), (dict(use_sigmoid=False), '^use_sigmoid must be True'),
-    (dict(reduction='avg'), '^reduction '),
+    (dict(use_sigmoid=0), '^use_sigmoid must be True'), (dict(use_sigmoid=2), '^use_sigmoid '),
+    (dict(bias_correction='yes'), '^bias_correction '), (dict(reduction='avg'), '^reduction '),
 ])
 def test_ghmc_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GHMC(**kwargs)
+
+
+def test_flags_take_the_integers_of_a_hand_written_config():
+    """mmdet's GHMC takes use_sigmoid=1 (its heads read it as true); so do we, and 0 / 1 for
+    our own flags."""
+    loss = GHMC(use_sigmoid=1, bias_correction=0, sync_across_ranks=0)
+    assert loss.use_sigmoid is True and loss.density.bias_correction is False
 
 
 @pytest.mark.parametrize('kwargs, match', [

@@ -21,9 +21,10 @@ from mmdet_ghm.diagnostics.plot import (asl1_error, find_records_file, focal_gra
                                         smooth_l1_gradient_norm)
 
 
-def _write_run(log_dir, iterations=6, interval=2):
+def _write_run(log_dir, iterations=6, interval=2, bbox_weight=1.0):
     """Records of a few 'iterations' of real GHMC/GHMR losses, written by the hook into
-    ``log_dir/vis_data`` as in a run."""
+    ``log_dir/vis_data`` as in a run (``bbox_weight=0``: no positive anchor, GHM-R counts
+    nothing)."""
     head = nn.Module()
     head.loss_cls = GHMC(bins=30, momentum=0.75)
     head.loss_bbox = GHMR(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0)
@@ -43,7 +44,7 @@ def _write_run(log_dir, iterations=6, interval=2):
         labels = torch.randint(0, 6, (2000,))
         head.loss_cls(logits, labels, torch.ones(2000))
         deltas = torch.randn(300, 4) * 0.1 / (1 + it)
-        head.loss_bbox(deltas, torch.zeros(300, 4), torch.ones(300, 4))
+        head.loss_bbox(deltas, torch.zeros(300, 4), torch.full((300, 4), bbox_weight))
         hook.after_train_iter(runner, it)
     return log_dir / 'vis_data' / RECORDS_FILE
 
@@ -109,6 +110,20 @@ def test_figures_of_a_run(tmp_path):
     assert main([str(tmp_path / 'work'), '--step', '2', '--out-dir', str(tmp_path / 's2')]) == 0
     assert len(os.listdir(tmp_path / 's2')) == 4
     assert main([str(tmp_path / 'work'), '--step', '3', '--out-dir', str(tmp_path / 's3')]) == 2
+
+
+def test_a_loss_that_never_counted_is_skipped_with_a_warning(tmp_path, capsys):
+    """A run without positive anchors: GHM-R records are all empty, GHM-C's figures are still
+    drawn (the whole run had failed)."""
+    _write_run(tmp_path / 'work' / '20260101_000000', iterations=2, bbox_weight=0.0)
+    with pytest.warns(UserWarning, match='bbox_head.loss_bbox: no figure, every record is empty'):
+        written = plot_run(str(tmp_path / 'work'))
+    assert [os.path.basename(p) for p in sorted(written)] == [
+        'gradient_norm_distribution_bbox_head.loss_cls.png',
+        'reweighted_gradient_norm_bbox_head.loss_cls.png']
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / 'work'), '--max-curves', '0'])
+    assert 'argument --max-curves: expected an integer >= 1, got 0' in capsys.readouterr().err
 
 
 def test_latest_run_of_a_work_dir_is_used(tmp_path):

@@ -106,7 +106,12 @@ def test_message_hub_round_trip_is_exact(tmp_path):
         meta=dict(seed=3, dataset_meta=dict(classes=('a', 'b'), palette=[(1, 2, 3)])),
         message_hub=dict(log_scalars={'train/loss': buffer},
                          runtime_info=OrderedDict(eta=np.float64(1.5), ids=np.arange(4, dtype=np.int16),
-                                                  iter=8),
+                                                  iter=8, half=np.float16(1.5), zero_d=np.array(2.5),
+                                                  # values no tensor holds
+                                                  names=np.array([['a', 'bc']]), tag=np.str_('x'),
+                                                  raw=np.array([b'ab']),
+                                                  when=np.datetime64('2026-12-05T03:00'),
+                                                  took=np.timedelta64(5, 's')),
                          resumed_keys={'train/loss': True, 'iter': True}),
         state_dict=OrderedDict(w=torch.ones(2)))
     expected = pickle.dumps({k: checkpoint[k] for k in ('meta', 'message_hub')})
@@ -125,5 +130,5 @@ def test_object_arrays_are_refused():
     from mmdet_ghm.engine import WeightsOnlyCheckpointHook
 
     checkpoint = dict(meta=dict(odd=np.array([object()], dtype=object)))
-    with pytest.raises(TypeError, match='numpy array of Python objects'):
+    with pytest.raises(TypeError, match=r"meta\['odd'\] is a numpy array of Python objects"):
         WeightsOnlyCheckpointHook().before_save_checkpoint(None, checkpoint)

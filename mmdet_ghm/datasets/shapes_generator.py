@@ -168,6 +168,8 @@ def split_spec(split, num_images, seed, image_size):
     if int(num_images) < 1 or int(image_size) < 64:
         raise ValueError(f'need num_images >= 1 and image_size >= 64, '
                          f'got {num_images}, {image_size}')
+    if int(seed) < 0:  # numpy's generators take non-negative seeds only
+        raise ValueError(f'seed must be an integer >= 0, got {seed}')
     return dict(generator='mmdet_ghm.datasets.shapes_generator', version=GENERATOR_VERSION,
                 split=split, num_images=int(num_images), seed=int(seed), image_size=int(image_size))
 

@@ -22,6 +22,7 @@ import json
 import os
 import os.path as osp
 import sys
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -248,7 +249,9 @@ def plot_reweighted(name: str, records: List[dict], path: str, step: Optional[in
 def plot_run(work_dir: str, out_dir: Optional[str] = None, records_file: Optional[str] = None,
              step: Optional[int] = None, focal_gamma: float = 2.0, smooth_l1_beta: float = 0.11,
              max_curves: int = 8) -> List[str]:
-    """Write every figure of a run; returns the PNG paths."""
+    """Write every figure of a run; returns the PNG paths. A loss whose records are all empty
+    (e.g. GHM-R in a run without positive anchors) is skipped with a warning; ValueError if
+    every loss is."""
     records_file = records_file or find_records_file(work_dir)
     by_loss = load_records(records_file)
     if out_dir is None:
@@ -257,6 +260,10 @@ def plot_run(work_dir: str, out_dir: Optional[str] = None, records_file: Optiona
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for name, records in sorted(by_loss.items()):
+        if not any(sum(r['counts']) > 0 for r in records):
+            warnings.warn(f'{name}: no figure, every record is empty (no valid element was '
+                          'counted)', stacklevel=2)
+            continue
         path = osp.join(out_dir, f'gradient_norm_distribution_{name}.png')
         plot_distribution(name, records, path, max_curves)
         written.append(path)
@@ -264,7 +271,17 @@ def plot_run(work_dir: str, out_dir: Optional[str] = None, records_file: Optiona
             path = osp.join(out_dir, f'reweighted_gradient_norm_{name}.png')
             plot_reweighted(name, records, path, step, focal_gamma, smooth_l1_beta)
             written.append(path)
+    if not written:
+        raise ValueError(f'{records_file}: every record of every loss is empty (no valid '
+                         'element was counted)')
     return written
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {text}')
+    return value
 
 
 def main(argv=None) -> int:
@@ -282,7 +299,7 @@ def main(argv=None) -> int:
                         help='gamma of the focal-loss reference curve (default: 2)')
     parser.add_argument('--smooth-l1-beta', type=float, default=0.11,
                         help='beta of the smooth-L1 reference curve (default: 0.11, RetinaNet)')
-    parser.add_argument('--max-curves', type=int, default=8,
+    parser.add_argument('--max-curves', type=_positive_int, default=8,
                         help='iterations drawn as curves in the distribution figure')
     args = parser.parse_args(argv)
     try:

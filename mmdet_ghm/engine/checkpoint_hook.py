@@ -22,6 +22,9 @@ from mmdet.registry import HOOKS
 # Marker keys of the encoded values: a dict with exactly one of them is an encoded value.
 _BUFFER, _ARRAY, _SCALAR = '__mmdet_ghm_history_buffer__', '__mmdet_ghm_ndarray__', \
     '__mmdet_ghm_npscalar__'
+# numpy values no tensor holds: strings and bytes (dtype, shape, text), dates and durations
+# (dtype, their int64 ticks)
+_TEXT, _TIME = '__mmdet_ghm_nptext__', '__mmdet_ghm_nptime__'
 
 
 def _same_mapping(original: dict, items: dict) -> dict:
@@ -29,22 +32,28 @@ def _same_mapping(original: dict, items: dict) -> dict:
     return OrderedDict(items) if isinstance(original, OrderedDict) else items
 
 
-def _encode(value: Any) -> Any:
+def _encode(value: Any, where: str = 'checkpoint') -> Any:
     if isinstance(value, HistoryBuffer):
         logs, counts = value.data
-        return {_BUFFER: dict(log=_encode(logs), count=_encode(counts),
+        return {_BUFFER: dict(log=_encode(logs, where), count=_encode(counts, where),
                               max_length=value.max_length)}
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise TypeError('WeightsOnlyCheckpointHook: cannot store a numpy array of Python '
-                            'objects in a weights_only checkpoint')
-        return {_ARRAY: torch.from_numpy(np.ascontiguousarray(value)).clone()}
-    if isinstance(value, np.generic):
-        return {_SCALAR: torch.from_numpy(np.asarray(value)).clone()}
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype.kind in 'US':
+            return {_TEXT: (array.dtype.str, list(array.shape),
+                            array.astype(str).reshape(-1).tolist())}
+        if array.dtype.kind in 'Mm':
+            return {_TIME: (array.dtype.str, _encode(value.view(np.int64), where))}
+        if array.dtype == object:
+            raise TypeError(f'WeightsOnlyCheckpointHook: {where} is a numpy array of Python '
+                            'objects, which a weights_only checkpoint cannot store')
+        # ascontiguousarray would make a 0-dim array 1-dim
+        tensor = torch.from_numpy(np.ascontiguousarray(array) if array.ndim else array).clone()
+        return {_ARRAY: tensor} if isinstance(value, np.ndarray) else {_SCALAR: tensor}
     if isinstance(value, dict):
-        return _same_mapping(value, {k: _encode(v) for k, v in value.items()})
+        return _same_mapping(value, {k: _encode(v, f'{where}[{k!r}]') for k, v in value.items()})
     if isinstance(value, (list, tuple)):
-        encoded = [_encode(v) for v in value]
+        encoded = [_encode(v, f'{where}[{i}]') for i, v in enumerate(value)]
         return encoded if isinstance(value, list) else tuple(encoded)
     return value
 
@@ -60,6 +69,13 @@ def _decode(value: Any) -> Any:
                 return inner.numpy()
             if key == _SCALAR:
                 return inner.numpy()[()]
+            if key == _TEXT:
+                dtype, shape, text = inner
+                array = np.array(text, dtype=dtype).reshape(shape)
+                return array if shape else array[()]
+            if key == _TIME:
+                dtype, ticks = inner
+                return _decode(ticks).view(dtype)
         return _same_mapping(value, {k: _decode(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
         decoded = [_decode(v) for v in value]
@@ -81,7 +97,7 @@ class WeightsOnlyCheckpointHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         for key in ('meta', 'message_hub'):
             if key in checkpoint:
-                checkpoint[key] = _encode(checkpoint[key])
+                checkpoint[key] = _encode(checkpoint[key], key)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         for key in ('meta', 'message_hub'):
