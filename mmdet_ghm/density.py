@@ -39,7 +39,8 @@ class GradientDensity(nn.Module):
     Buffers (persistent whatever the options, so checkpoint keys never depend on them):
         edges: float32 ``(bins + 1,)``, ``arange(bins + 1) / bins`` with the last edge replaced.
         acc_sum: float32 ``(bins,)``, the EMA of the counts (stays 0 when momentum is 0).
-        num_updates: float32 ``(bins,)``, how often each bin's EMA was updated.
+        num_updates: float32 ``(bins,)``, how often each bin's EMA was updated (inf for the
+            bins of a state loaded from mmdet's checkpoints: an EMA of unknown age).
     """
 
     def __init__(self, bins: int = 10, momentum: float = 0.0, last_edge: float = 1.0 + 1e-6,
@@ -258,7 +259,8 @@ class GradientDensity(nn.Module):
         # Their acc_sum is an EMA of unknown age, used as it is: bins it holds count as updated
         # infinitely often (bias_correction's 1 - m^k is then 1), the others never.
         acc_sum = state_dict.get(prefix + 'acc_sum')
-        if isinstance(acc_sum, Tensor) and prefix + 'num_updates' not in state_dict:
+        if (isinstance(acc_sum, Tensor) and acc_sum.shape == self.acc_sum.shape
+                and prefix + 'num_updates' not in state_dict):
             state_dict[prefix + 'num_updates'] = torch.where(
                 acc_sum != 0, float('inf'), 0.0).to(torch.float32)
         for key in ('acc_sum', 'num_updates'):
@@ -277,7 +279,9 @@ def _edition(t: Tensor) -> Tuple[Optional[int], Optional[int]]:
     """What moves when t's values may have changed, read without reading them: its version
     counter (bumped by every in-place op) and its storage (swapped by ``t.data = u``); None
     where an inference tensor or a functorch wrapper has none. An in-place edit through
-    ``t.data`` moves neither: PyTorch does not count it."""
+    ``t.data`` moves neither: PyTorch does not count it. The cached :class:`Binning` holds a
+    view of the edges it was built from (``last_edge``), so their storage cannot be freed and
+    its address reused while the edition is compared."""
     try:
         version = t._version
     except RuntimeError:

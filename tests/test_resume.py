@@ -109,7 +109,10 @@ def test_message_hub_round_trip_is_exact(tmp_path):
                                                   iter=8, half=np.float16(1.5), zero_d=np.array(2.5),
                                                   # values no tensor holds
                                                   names=np.array([['a', 'bc']]), tag=np.str_('x'),
-                                                  raw=np.array([b'ab']),
+                                                  raw=np.array([b'ab', b'\xff']),
+                                                  one=np.array('xy'), big=np.arange(3, dtype='>i4'),
+                                                  nat=np.array(['NaT', '2026-12-05'],
+                                                               dtype='datetime64[D]'),
                                                   when=np.datetime64('2026-12-05T03:00'),
                                                   took=np.timedelta64(5, 's')),
                          resumed_keys={'train/loss': True, 'iter': True}),

@@ -278,7 +278,10 @@ def plot_run(work_dir: str, out_dir: Optional[str] = None, records_file: Optiona
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {text}')
     return value

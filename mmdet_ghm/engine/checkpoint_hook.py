@@ -22,9 +22,9 @@ from mmdet.registry import HOOKS
 # Marker keys of the encoded values: a dict with exactly one of them is an encoded value.
 _BUFFER, _ARRAY, _SCALAR = '__mmdet_ghm_history_buffer__', '__mmdet_ghm_ndarray__', \
     '__mmdet_ghm_npscalar__'
-# numpy values no tensor holds: strings and bytes (dtype, shape, text), dates and durations
-# (dtype, their int64 ticks)
-_TEXT, _TIME = '__mmdet_ghm_nptext__', '__mmdet_ghm_nptime__'
+# numpy values no tensor holds as they are: strings and bytes (dtype, shape, whether an array,
+# the elements), dates, durations and other byte orders (dtype, a native array of their bytes)
+_TEXT, _VIEW = '__mmdet_ghm_nptext__', '__mmdet_ghm_npview__'
 
 
 def _same_mapping(original: dict, items: dict) -> dict:
@@ -40,10 +40,12 @@ def _encode(value: Any, where: str = 'checkpoint') -> Any:
     if isinstance(value, (np.ndarray, np.generic)):
         array = np.asarray(value)
         if array.dtype.kind in 'US':
-            return {_TEXT: (array.dtype.str, list(array.shape),
-                            array.astype(str).reshape(-1).tolist())}
-        if array.dtype.kind in 'Mm':
-            return {_TIME: (array.dtype.str, _encode(value.view(np.int64), where))}
+            return {_TEXT: (array.dtype.str, list(array.shape), isinstance(value, np.ndarray),
+                            array.reshape(-1).tolist())}
+        if array.dtype.kind in 'Mm' or not array.dtype.isnative:
+            native = np.dtype(f'i{array.dtype.itemsize}') if array.dtype.kind in 'Mm' else \
+                array.dtype.newbyteorder('=')
+            return {_VIEW: (array.dtype.str, _encode(value.view(native), where))}
         if array.dtype == object:
             raise TypeError(f'WeightsOnlyCheckpointHook: {where} is a numpy array of Python '
                             'objects, which a weights_only checkpoint cannot store')
@@ -70,12 +72,12 @@ def _decode(value: Any) -> Any:
             if key == _SCALAR:
                 return inner.numpy()[()]
             if key == _TEXT:
-                dtype, shape, text = inner
-                array = np.array(text, dtype=dtype).reshape(shape)
-                return array if shape else array[()]
-            if key == _TIME:
-                dtype, ticks = inner
-                return _decode(ticks).view(dtype)
+                dtype, shape, is_array, elements = inner
+                array = np.array(elements, dtype=dtype).reshape(shape)
+                return array if is_array else array[()]
+            if key == _VIEW:
+                dtype, native = inner
+                return _decode(native).view(dtype)
         return _same_mapping(value, {k: _decode(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
         decoded = [_decode(v) for v in value]
