@@ -131,8 +131,11 @@ def main(argv=None):
     if records_density:
         from mmdet_ghm.diagnostics import RECORDS_FILE
         from mmdet_ghm.diagnostics.plot import plot_run
-        figures = plot_run(runner.work_dir, osp.join(runner.work_dir, 'ghm_plots'),
-                           records_file=osp.join(runner.log_dir, 'vis_data', RECORDS_FILE))
+        try:
+            figures = plot_run(runner.work_dir, osp.join(runner.work_dir, 'ghm_plots'),
+                               records_file=osp.join(runner.log_dir, 'vis_data', RECORDS_FILE))
+        except ValueError as e:  # no loss counted an element: the metrics still count
+            print(f'no density figures: {e}')
     minutes = (time.perf_counter() - start) / 60.0
     metrics_path = osp.join(runner.log_dir, 'metrics.json')
     with open(metrics_path, 'w') as f:
