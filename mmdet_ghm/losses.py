@@ -39,6 +39,13 @@ def _flatten_density_keys(module, state_dict, prefix, local_metadata) -> None:
         state_dict[prefix + key[len(prefix + DENSITY):]] = state_dict.pop(key)
 
 
+def _density_buffer(name: str) -> property:
+    """The density's buffer ``name`` as an attribute of the loss; assigning a tensor makes it
+    the new buffer, as on mmdet's classes (and as torch.func.functional_call does)."""
+    return property(lambda self: getattr(self.density, name),
+                    lambda self, value: setattr(self.density, name, value))
+
+
 class _GHMLoss(nn.Module):
     """What GHM-C and GHM-R share: the density, loss_weight, reduction and the state's keys.
 
@@ -54,7 +61,7 @@ class _GHMLoss(nn.Module):
             check_bins(bins), check_momentum(momentum), last_edge,
             check_flag('bias_correction', bias_correction),
             check_flag('sync_across_ranks', sync_across_ranks))
-        self.loss_weight = check_loss_weight(loss_weight)
+        self.loss_weight = loss_weight  # checked by the property
         self.reduction = check_reduction('reduction', reduction)
         self.register_state_dict_post_hook(_flatten_density_keys)
 
@@ -89,29 +96,9 @@ class _GHMLoss(nn.Module):
     def momentum(self, value) -> None:
         self.density.momentum = check_momentum(value)
 
-    @property
-    def edges(self) -> Tensor:
-        return self.density.edges
-
-    @edges.setter
-    def edges(self, value: Tensor) -> None:  # a new buffer, as on mmdet's classes
-        self.density.edges = value
-
-    @property
-    def acc_sum(self) -> Tensor:
-        return self.density.acc_sum
-
-    @acc_sum.setter
-    def acc_sum(self, value: Tensor) -> None:
-        self.density.acc_sum = value
-
-    @property
-    def num_updates(self) -> Tensor:
-        return self.density.num_updates
-
-    @num_updates.setter
-    def num_updates(self, value: Tensor) -> None:
-        self.density.num_updates = value
+    edges = _density_buffer('edges')
+    acc_sum = _density_buffer('acc_sum')
+    num_updates = _density_buffer('num_updates')
 
     def _syncs_with_other_ranks(self) -> bool:
         return (self.density.sync_across_ranks and dist.is_available() and dist.is_initialized()
