@@ -93,10 +93,11 @@ class Report:
                                                       if self.dry_run else ''), '']
         lines += [f'- {k}: {v}' for k, v in self.info.items()] + ['']
         if self.timing:
-            lines += ['| size | method | fwd+bwd ms | vs fused focal | eff. bandwidth | % of peak |',
-                      '| --- | --- | ---: | ---: | ---: | ---: |']
+            lines += ['| size | method | fwd+bwd ms | host ms | vs fused focal | eff. bandwidth '
+                      '| % of peak |', '| --- | --- | ---: | ---: | ---: | ---: | ---: |']
             for r in self.timing:
-                lines.append(f"| {r['size']} | {r['method']} | {r['ms']:.3f} | "
+                host = '' if r.get('host_ms') is None else f"{r['host_ms']:.3f}"
+                lines.append(f"| {r['size']} | {r['method']} | {r['ms']:.3f} | {host} | "
                              f"{r['vs_focal']} | {r['tbs']} | {r['pct_peak']} |")
             lines.append('')
         lines += ['| step | check | status | detail |', '| --- | --- | --- | --- |']
@@ -534,6 +535,29 @@ def step_syncs(R, G, torch, dev):
     for name, (fn, p0) in paths.items():
         R.guard('syncs', name, one, name, fn, p0)
 
+    def bad_labels(name, fn):
+        """A label outside [0, C] (C + 1 on one row, -1 on another): the kernels reject the
+        call, NaN loss and state kept, without a sync."""
+        bad = labels.clone()
+        bad[0], bad[bad.numel() // 2] = c + 1, -1
+        state = cd.acc_sum.clone() if name == 'functional' else ghmc.acc_sum.clone()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            loss, _ = run_fb(torch, lambda p: fn(p, bad), x)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+        after = cd.acc_sum if name == 'functional' else ghmc.acc_sum
+        ok = bool(torch.isnan(loss).all()) and torch.equal(after, state)
+        R.add('syncs', f'bad_labels_{name}', 'PASS' if ok else 'FAIL',
+              f'labels C + 1 and -1: loss {float(loss):.3g} (NaN expected), state '
+              f'{"kept" if torch.equal(after, state) else "CHANGED"}, no sync')
+    R.guard('syncs', 'bad_labels_functional', bad_labels, 'functional',
+            lambda p, y: G.function.ghmc_loss(p, y, None, row_w, cd))
+    if G.losses is not None:
+        R.guard('syncs', 'bad_labels_module', bad_labels, 'module',
+                lambda p, y: ghmc(p, y, row_w))
+
     def launches(name):
         from torch.profiler import ProfilerActivity, profile
         fn, p0 = paths[name]
@@ -625,6 +649,23 @@ def cuda_time(torch, fn, reps=30, warmup=3):
         end.record()
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) for s, e in events)
+
+
+def host_time(torch, fn, reps=30):
+    """Median CPU time in ms to issue fn() without waiting for the GPU (the launches queue up):
+    where it reaches the CUDA-event time, the call is bound by the host, not the kernels."""
+    for _ in range(3):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return statistics.median(times)
 
 
 def focal(torch, F, p, labels, lw, avg):
@@ -731,11 +772,11 @@ def ghmc_bytes(n, c):
     return 3 * n * c * 4 + 2 * n * 12
 
 
-def add_ghmc_timing(R, size, method, ms, focal_ms, nbytes):
+def add_ghmc_timing(R, size, method, ms, focal_ms, nbytes, host_ms=None):
     """One row of the timing table, with its effective bandwidth."""
     tbs = nbytes / (ms * 1e-3) / 1e12
     peak = getattr(R, 'peak', None)
-    R.timing.append(dict(size=size, method=method, ms=ms,
+    R.timing.append(dict(size=size, method=method, ms=ms, host_ms=host_ms,
                          vs_focal='' if focal_ms is None else f'{ms / focal_ms:.2f}x',
                          tbs=f'{tbs:.2f} TB/s',
                          pct_peak='' if not peak else f'{100 * tbs * 1e12 / peak:.0f}%'))
@@ -766,19 +807,21 @@ def step_timing(R, G, torch, dev):
         if G.mmdet_ghm_loss is not None:
             mm = G.mmdet_ghm_loss.GHMC(bins=30, momentum=0.75).to(dev)
             methods.append(("GHM-C mmdet 3.3.0", lambda p: mm(p, labels, lw)))
-        results = {}
+        results, hosts = {}, {}
         for name, fn in methods:
             def fb(fn=fn):
                 p = x.detach().requires_grad_()
                 fn(p).backward()
 
             def timed(name=name, fb=fb):
-                results[name] = cuda_time(torch, fb, reps=5 if 'mmdet 3' in name else reps)
+                calls = 5 if 'mmdet 3' in name else reps
+                results[name] = cuda_time(torch, fb, reps=calls)
+                hosts[name] = host_time(torch, fb, reps=calls)
             R.guard('timing', f'{size} {name}', timed, min_left=20)
         focal_ms = next((v for k, v in results.items() if k.startswith('focal')), None)
         nbytes = ghmc_bytes(n, c)
         for name, ms in results.items():
-            add_ghmc_timing(R, size, name, ms, focal_ms, nbytes)
+            add_ghmc_timing(R, size, name, ms, focal_ms, nbytes, hosts.get(name))
         ours = results.get('GHM-C mmdet_ghm (Triton)')
         theirs = results.get('GHM-C mmdet 3.3.0')
         if ours and focal_ms and not R.dry_run:
@@ -834,17 +877,18 @@ def _ghmr_timing(R, G, torch, dev, reps):
     if G.mmdet_ghm_loss is not None:
         mm = G.mmdet_ghm_loss.GHMR(mu=0.02, bins=10, momentum=0.7).to(dev)
         methods.append(('GHM-R mmdet 3.3.0', lambda p: mm(p, target, w)))
-    results = {}
+    results, hosts = {}, {}
     for name, fn in methods:
         def fb(fn=fn):
             p = pred.detach().requires_grad_()
             fn(p).backward()
         results[name] = cuda_time(torch, fb, reps=reps)
+        hosts[name] = host_time(torch, fb, reps=reps)
     base = results['smooth L1 (eager)']
     size = f'{n // 1000}k x 4' if n >= 1000 else f'{n} x 4'
     for name, ms in results.items():
-        R.timing.append(dict(size=size, method=name, ms=ms, vs_focal=f'{ms / base:.2f}x SL1',
-                             tbs='', pct_peak=''))
+        R.timing.append(dict(size=size, method=name, ms=ms, host_ms=hosts[name],
+                             vs_focal=f'{ms / base:.2f}x SL1', tbs='', pct_peak=''))
     R.write()
 
 

@@ -203,9 +203,10 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
     rounded to float32 first, as mmdet's ``label_weight.float()``: a positive weight below
     float32's range is not valid.
 
-    Labels outside [0, C] raise here when ``check_labels_now`` and pred is on the CPU; otherwise
-    they come back as ``poison`` (a device tensor: no host sync, and no rank raising alone while
-    the others wait in the all-reduce of ``sync_across_ranks``)."""
+    Labels outside [0, C] raise here when ``check_labels_now`` and pred is on the CPU; on CUDA
+    the Triton kernels reject the call (NaN loss, state kept); elsewhere they come back as
+    ``poison`` (a device tensor: no host sync, and no rank raising alone while the others wait
+    in the all-reduce of ``sync_across_ranks``)."""
     pred = _check_pred(pred, 'logits')
     poison = None
     if isinstance(target, tuple):
@@ -229,12 +230,14 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
                 f'target: integer labels need pred of shape (N, C) and labels of shape (N,), got '
                 f'pred {tuple(shape)} and labels {tuple(target.shape)}')
         labels = _wide_enough(target, num_classes)
-        out_of_range = ((labels < 0) | (labels > num_classes)).any()
-        if check_labels_now and pred.device.type == 'cpu':
-            if out_of_range:
-                raise GHMArgumentError(labels_message(num_classes, here=True))
-        else:
-            poison = out_of_range  # the loss becomes NaN, the state is kept
+        # on CUDA the Triton kernels reject a call with such labels themselves (no extra launch)
+        if pred.device.type != 'cuda':
+            out_of_range = ((labels < 0) | (labels > num_classes)).any()
+            if check_labels_now and pred.device.type == 'cpu':
+                if out_of_range:
+                    raise GHMArgumentError(labels_message(num_classes, here=True))
+            else:
+                poison = out_of_range  # the loss becomes NaN, the state is kept
         if label_weight is not None and label_weight.shape != shape:
             # mmdet: label_weight.view(-1, 1).expand(label_weight.size(0), C), against (N, C)
             anchors = label_weight.shape[0] if label_weight.dim() else 0

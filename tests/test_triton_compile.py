@@ -64,6 +64,9 @@ def _compile_all() -> dict:
                  REDUCTION=1, CDT=tl.float32)
     return {
         'ghmc_histogram': ptx(K.ghmc_histogram_kernel, common, cls_hist, **hist_options),
+        # unsigned labels: the kernels' range check (label < 0, label > C) compiles for them
+        'ghmc_histogram_u8_labels': ptx(K.ghmc_histogram_kernel, dict(common, label_ptr='*u8'),
+                                        cls_hist, **hist_options),
         'ghmc_histogram_soft': ptx(K.ghmc_histogram_kernel, common,
                                    dict(cls_hist, C=1, LABELS=False, WEIGHT=K.WEIGHT_ELEMENT),
                                    **hist_options),

@@ -33,5 +33,7 @@ def test_gpu_check_dry_run_writes_a_passing_report(tmp_path):
     methods = {row['method'] for row in report['timing']}
     assert {'GHM-C mmdet_ghm (Triton)', 'BCE-with-logits (eager)', 'GHM-C mmdet 3.3.0',
             'GHM-C mmdet_ghm (Triton), trained-detector g'} <= methods
+    host = {row['method']: row.get('host_ms') for row in report['timing']}
+    assert host['GHM-C mmdet_ghm (Triton)'] > 0 and host['GHM-R mmdet_ghm (Triton)'] > 0
     markdown = (tmp_path / 'results.md').read_text()
     assert 'DRY RUN' in markdown and '| size | method |' in markdown

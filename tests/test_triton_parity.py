@@ -312,6 +312,41 @@ def test_non_finite_valid_element_poisons_the_call_ignored_one_does_not():
     assert torch.equal(density.acc_sum, mm.acc_sum)
 
 
+@pytest.mark.parametrize('weight_mode', ['none', 'row', 'element'])
+@pytest.mark.parametrize('label_dtype', [torch.int64, torch.int8, torch.uint8])
+@pytest.mark.parametrize('bias_correction', [False, True])  # fused / PyTorch weighing
+def test_out_of_range_label_rejects_the_call_in_the_kernels(weight_mode, label_dtype,
+                                                            bias_correction):
+    """The Triton kernels check the labels' range themselves (GHMC's input checks leave it to
+    them on CUDA): one label outside [0, C], even on an ignored row, gives a NaN loss (every
+    element for 'none') and leaves the EMA state as it was; labels in [0, C] are then counted
+    as before."""
+    n, c = 40, 5
+    pred, labels, row_weight = _cls_random(n, c, seed=21)
+    row_weight[7] = 0
+    weight = dict(none=None, row=row_weight,
+                  element=row_weight[:, None].expand(n, c).contiguous())[weight_mode]
+    labels = labels.to(label_dtype)
+    density = GradientDensity(10, 0.75, CLS_LAST_EDGE, bias_correction=bias_correction)
+    call = lambda y, reduction='mean': ghmc_loss(pred, y, None, weight, density,
+                                                 reduction=reduction, backend='triton')
+    first = call(labels)
+    state = density.acc_sum.clone()
+    bad_values = [c + 1, 127] + ([-1] if label_dtype != torch.uint8 else [255])
+    for row in (3, 7, n - 1):  # a valid row, the ignored one (with weights), the last
+        for bad in bad_values:
+            bad_labels = labels.clone()
+            bad_labels[row] = bad
+            for reduction in ('mean', 'sum', 'none'):
+                loss = call(bad_labels, reduction)
+                assert torch.isnan(loss).all(), (row, bad, reduction)
+                assert torch.equal(density.acc_sum, state)
+    reference = GradientDensity(10, 0.75, CLS_LAST_EDGE, bias_correction=bias_correction)
+    ghmc_loss(pred, labels, None, weight, reference, backend='triton')
+    again = ghmc_loss(pred, labels, None, weight, reference, backend='triton')
+    assert torch.equal(call(labels), again) and torch.isfinite(first)
+
+
 def test_float64_gradient_factor_is_float64_on_every_path():
     """float64 pred: the backward factor ((grad_out * loss_weight) / divisor) * weight is formed
     in float64 by the Triton kernel, the CPU backend and the differentiable (create_graph) path

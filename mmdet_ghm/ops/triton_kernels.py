@@ -133,8 +133,11 @@ def _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
     row_in_block = local // C
     row = row0 + row_in_block
     if LABELS:
-        label = tl.load(label_ptr + row, mask=mask, other=-1)
-        t = ((local - row_in_block * C) == label).to(CDT)
+        label = tl.load(label_ptr + row, mask=mask, other=0)
+        # a label outside [0, C] is a NaN target, valid whatever its weight: slot BINS + 1 and
+        # a NaN loss sum there, which rejects the call in the weighing (no host sync)
+        bad = (label < 0) | (label > C)
+        t = tl.where(bad, float('nan'), ((local - row_in_block * C) == label).to(CDT))
     else:
         t = tl.load(target_ptr + base + lane, mask=mask, other=0).to(CDT)
     if WEIGHT == 1:
@@ -143,6 +146,8 @@ def _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
         valid = mask & _positive(tl.load(weight_ptr + base + lane, mask=mask, other=0))
     else:
         valid = mask
+    if LABELS:
+        valid = valid | (mask & bad)
     return x, t, valid
 
 
