@@ -54,7 +54,7 @@ setup(
     packages=find_packages(include=['mmdet_ghm', 'mmdet_ghm.*']),
     # the C++ CPU passes, compiled on first use (mmdet_ghm/ops/native_passes.py)
     package_data={'mmdet_ghm.ops': ['*.cpp']},
-    python_requires='>=3.9',
+    python_requires='>=3.10',
     # The ranges that were tested (mmdet 3.3.0, mmengine 0.10.7, mmcv 2.1.0). torch and triton are
     # left to the user's install: a torch requirement lets pip replace the user's build (CPU or
     # the CUDA version of their driver) with another one, several GB, and triton comes with CUDA

@@ -3,7 +3,7 @@
 # RetinaNet with GHM-C + GHM-R on the embedded shapes dataset (generated into data/ghm_shapes/ on
 # first use) with MMEngine's runner, recording the GHM density every 25 iterations, evaluates it
 # with the COCO metric on the val split, draws the gradient-norm figures of the run, and prints
-# where the checkpoint, the log, the metrics and the figures are. About 9 minutes on 2 idle CPU
+# where the checkpoint, the log, the metrics and the figures are. About 5 minutes on 2 idle CPU
 # cores; no GPU, no download of anything. On a machine where other jobs use the CPU,
 # OMP_NUM_THREADS=1 bash tools/main.sh is much faster.
 #   bash tools/main.sh                                                   # the GHM model
