@@ -283,7 +283,12 @@ def ghmr_inputs(pred, target, label_weight) -> GHMRInputs:
     """GHM-R's inputs: ``target`` of pred's shape (floating, or integer: promoted to pred's dtype,
     as mmdet's ``pred - target``), ``label_weight`` None, pred's shape or any shape that
     broadcasts to it (expanded to pred's shape; ``tot``, mmdet's normalizer, is the sum of the
-    weight as given)."""
+    weight as given). Integer pred is taken in the float dtype mmdet's arithmetic promotes it to:
+    a floating target's, else torch's default."""
+    if isinstance(pred, Tensor) and not (torch.is_floating_point(pred) or pred.is_complex()
+                                         or pred.dtype == torch.bool):
+        floating_target = isinstance(target, Tensor) and torch.is_floating_point(target)
+        pred = pred.to(target.dtype if floating_target else torch.get_default_dtype())
     pred = _check_pred(pred, 'box regressions')
     target = _check_tensor('target', target, pred)
     if target.dtype == torch.bool:

@@ -248,7 +248,7 @@ class GHMR(_GHMLoss):
         # ValueError; synced, after the all-reduce that every rank joins (each skips the call)
         on_cpu, synced = x.pred.device.type == 'cpu', self._syncs_with_other_ranks()
         tot = x.tot
-        bad_here = on_cpu and tot is not None and not math.isfinite(tot.item())
+        bad_here = on_cpu and tot is not None and _nan_or_inf(tot.item())
         if bad_here and not synced:
             raise GHMArgumentError(_weight_sum_message(here=True))
         loss = ghmr_loss(x.pred, x.target, x.label_weight, self.density, mu, self.loss_weight,
@@ -258,7 +258,12 @@ class GHMR(_GHMLoss):
         return loss
 
 
+def _nan_or_inf(weight_sum: float) -> bool:
+    """A sum of GHM-R weights that makes mmdet's loss NaN (its ``max(sum, 1)`` turns -inf to 1)."""
+    return math.isnan(weight_sum) or weight_sum == math.inf
+
+
 def _weight_sum_message(here: bool) -> str:
     where = '' if here else ' on another rank (sync_across_ranks)'
-    return (f'label_weight must be finite{where}: GHM-R normalizes by the sum of the weights (as '
-            "mmdet), which NaN or inf make NaN or inf; the EMA state is left untouched")
+    return (f'label_weight must not sum to NaN or +inf{where}: GHM-R normalizes by the sum of the '
+            "weights (as mmdet), which makes the loss NaN; the EMA state is left untouched")

@@ -530,7 +530,7 @@ def test_integer_regression_targets_as_mmdet():
 
 @pytest.mark.parametrize('bad', [float('nan'), float('inf')])
 def test_ghmr_non_finite_weights_raise_or_skip_the_call(bad):
-    """NaN / inf weights make mmdet's normalizer (their sum) NaN / inf and its loss NaN, with the
+    """NaN / +inf weights make mmdet's normalizer (their sum) NaN / inf and its loss NaN, with the
     state updated: the module raises on the CPU, the functional (and the Triton path, which
     cannot raise without a host sync) returns NaN; the EMA state is kept in every case."""
     pred, target = torch.randn(30, 4) * 0.1, torch.randn(30, 4) * 0.1
@@ -539,7 +539,7 @@ def test_ghmr_non_finite_weights_raise_or_skip_the_call(bad):
     loss(pred, target, weight)
     state = loss.acc_sum.clone()
     weight[2, 1] = bad
-    with pytest.raises(ValueError, match='^label_weight must be finite'):
+    with pytest.raises(ValueError, match='^label_weight must not sum to NaN or \\+inf'):
         loss(pred, target, weight)
     assert torch.equal(loss.acc_sum, state)
     for backend in ('cpu', 'triton'):
@@ -549,6 +549,34 @@ def test_ghmr_non_finite_weights_raise_or_skip_the_call(bad):
         for reduction in ('mean', 'none'):
             out = ghmr_loss(pred, target, weight, density, reduction=reduction, backend=backend)
             assert torch.isnan(out).all() and torch.equal(density.acc_sum, state)
+
+
+@pytest.mark.parametrize('weights', ['one -inf', 'sum overflows to -inf'])
+def test_ghmr_weights_summing_to_minus_inf_give_mmdets_number(weights):
+    """mmdet's normalizer is max(sum of the weights, 1): a sum of -inf is 1, a finite loss (the
+    elements with weight <= 0 are not valid). The module, the CPU functional and the Triton path
+    give that number and mmdet's EMA state."""
+    from mmdet.models.losses.ghm_loss import GHMR as MMDetGHMR
+    gen = torch.Generator().manual_seed(3)
+    pred, target = torch.randn(30, 4, generator=gen) * 0.1, torch.randn(30, 4, generator=gen) * 0.1
+    weight = torch.ones(30, 4)
+    if weights == 'one -inf':
+        weight[2, 1] = -float('inf')
+    else:
+        weight[2, 1] = weight[5, 0] = -3e38
+    ref = MMDetGHMR(bins=10, momentum=0.7)
+    want = [ref(pred, target, weight) for _ in range(2)]
+    assert all(torch.isfinite(w) for w in want)
+    ours = GHMR(bins=10, momentum=0.7)
+    for w in want:
+        torch.testing.assert_close(ours(pred, target, weight), w, rtol=1e-6, atol=0)
+    assert torch.equal(ours.acc_sum, ref.acc_sum)
+    for backend in ('cpu', 'triton'):
+        density = GradientDensity(10, 0.7, 1e3)
+        for w in want:
+            got = ghmr_loss(pred, target, weight, density, backend=backend)
+            torch.testing.assert_close(got, w, rtol=1e-6, atol=0)
+        assert torch.equal(density.acc_sum, ref.acc_sum)
 
 
 @pytest.mark.parametrize('backend', ['cpu', 'triton'])
@@ -872,3 +900,43 @@ def test_mmdet_state_loaded_with_bias_correction_is_used_as_it_is():
     torch.testing.assert_close(ours(pred, labels), theirs(pred, labels, torch.ones(400)),
                                rtol=1e-6, atol=0)
     assert torch.equal(ours.acc_sum, theirs.acc_sum)
+
+
+def test_ghmr_integer_pred_gives_mmdets_number():
+    """Integer box regressions (no model makes them, but mmdet computes them): mmdet's
+    ``pred - target`` and ``sqrt`` promote them to a floating target's dtype or torch's default;
+    so does GHMR, with mmdet's loss and EMA state. bool pred stays a ValueError (mmdet's
+    subtraction raises)."""
+    from mmdet.models.losses.ghm_loss import GHMR as MMDetGHMR
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randint(-3, 4, (20, 4), generator=gen)
+    target = torch.randint(-3, 4, (20, 4), generator=gen)
+    weight = torch.ones(20, 4)
+    ours, ref = GHMR(mu=0.5, momentum=0.7), MMDetGHMR(mu=0.5, momentum=0.7)
+    for t in (target, target.float(), target.double()):
+        got, want = ours(pred, t, weight), ref(pred, t, weight)
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+        assert torch.equal(ours.acc_sum, ref.acc_sum)
+    with pytest.raises(ValueError, match='^pred must be a floating-point tensor'):
+        ours(pred > 0, target.float(), weight)
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'triton'])
+def test_ghmc_loss_of_saturated_negatives_is_within_mmdets_rounding(backend):
+    """Every element a saturated easy negative (x = -12, background): mmdet's float32
+    ``(1 - t) x - log_sigmoid(x)`` cancels to within ulp(|x|) / 2 per element, 7 % of such a
+    loss. Ours lies between mmdet's and the exact value: within that bound of both (the C++ passes
+    give the exact value, the PyTorch passes and the Triton kernels mmdet's rounding)."""
+    import math
+
+    import torch.nn.functional as F
+    from mmdet.models.losses.ghm_loss import GHMC as MMDetGHMC
+    pred, labels, weight = torch.full((64, 2), -12.0), torch.full((64,), 2), torch.ones(64)
+    exact = math.log1p(math.exp(-12.0))
+    mmdet = float(MMDetGHMC()(pred, labels, weight))
+    bound = 12.0 * 2.0 ** -24  # ulp(12) / 2
+    assert abs(mmdet - exact) > 0.05 * exact  # the cancellation this test is about
+    ours = float(ghmc_loss(pred, labels, None, weight, GradientDensity(10), backend=backend))
+    assert abs(ours - exact) <= bound and abs(ours - mmdet) <= bound
+    assert float(F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred))) == mmdet

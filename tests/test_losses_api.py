@@ -252,6 +252,6 @@ def test_bad_input_on_one_rank_raises_on_every_rank_under_sync(tmp_path, fn):
         result = torch.load(tmp_path / f'{rank}.pt', weights_only=True)
         assert len(result['errors']) == 1, rank
         assert result['errors'][0].startswith('target: labels must lie in [0, 3]' if fn == 'labels'
-                                              else 'label_weight must be finite')
+                                              else 'label_weight must not sum to NaN or +inf')
         assert ('another rank' in result['errors'][0]) == (rank == 0)
         assert result['unchanged'] and torch.isfinite(result['after'])

@@ -109,7 +109,8 @@ class GHMBackend(abc.ABC):
                else call.tot.float())
         flags = torch.stack([non_finite, poisoned]).double()
         slot_counts, tot, flags, world_size = density.synchronize(slot_counts, tot, flags)
-        skip = (flags.sum() > 0) | ~torch.isfinite(tot)  # tot: GHM-R weights with NaN / inf
+        # tot: GHM-R weights summing to NaN or +inf (mmdet's max(sum, 1) makes -inf 1)
+        skip = (flags.sum() > 0) | torch.isnan(tot) | (tot == float('inf'))
         if call.can_raise and bool(flags[0] > 0):  # CPU: a read of a small host tensor
             raise ValueError(call.non_finite_message(bool(non_finite)))
         tot = tot.clamp(min=1.0)

@@ -422,7 +422,8 @@ void ghm_weigh(int bins, const int64_t *counts, const double *sums, int64_t nume
     bool non_finite = false;
     for (int slot = 1; slot <= bins + 1; ++slot) non_finite |= !std::isfinite(sums[slot]);
     float tot = tot_in ? *tot_in : static_cast<float>(numel - counts[0]);
-    const bool skip = non_finite || (poison && *poison) || !std::isfinite(tot);
+    // tot NaN or +inf (GHM-R weights): mmdet's loss is NaN; -inf is clamped to 1, as its max
+    const bool skip = non_finite || (poison && *poison) || std::isnan(tot) || tot == INFINITY;
     tot = tot < 1.0f ? 1.0f : tot;  // clamp(min=1); NaN stays NaN
     int nonempty = 0;
     for (int b = 1; b <= bins; ++b) nonempty += counts[b] > 0;

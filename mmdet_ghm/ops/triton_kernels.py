@@ -396,7 +396,8 @@ def ghm_weigh_kernel(counts_ptr, sums_ptr, acc_ptr, updates_ptr, tot_ptr, poison
         tot = (numel - tl.load(counts_ptr)).to(tl.float32)
     else:
         tot = tl.load(tot_ptr).to(tl.float32)
-    skip = skip | (tot != tot) | (tl.abs(tot) == float('inf'))  # GHM-R weights with NaN / inf
+    # GHM-R weights summing to NaN or +inf (mmdet's max(sum, 1) makes -inf 1)
+    skip = skip | (tot != tot) | (tot == float('inf'))
     tot = tl.where(tot != tot, tot, tl.maximum(tot, 1.0))  # clamp(min=1) keeps NaN
     nonempty = counts > 0
     num_nonempty = tl.maximum(tl.sum(nonempty.to(tl.int32), axis=0), 1).to(tl.float32)
