@@ -96,7 +96,7 @@ class GHMBackend(abc.ABC):
         ``loss_weight``, ``tot`` (0-dim float32 normalizer, or None for the number of valid
         elements), ``poison`` (0-dim bool or None) and, where the backend may read device values
         on the host, ``can_raise`` with ``non_finite_message``. The call is rejected (NaN loss,
-        state untouched) when a valid element's loss is not finite, ``tot`` is not finite or
+        state untouched) when a valid element's loss is not finite, ``tot`` is NaN or +inf or
         poison is set; a backend that can raise raises ValueError instead for the first.
 
         This implementation is PyTorch ops on the counts' device, with ``sync_across_ranks``

@@ -414,7 +414,7 @@ void ghmr_grad(int64_t n, const float *pred, const float *target, const float *r
 // (float32, bins + 2) receives the weights. tot: the normalizer (null: the valid elements,
 // numel - counts[0]); poison: a flag byte (or null). For a reduced loss (reduction 1 'mean',
 // 2 'sum'), loss and divisor (float32; the divisor 1 for 'sum'). flags[0]: skipped (a valid
-// element's loss sum, or tot, not finite, or poison); flags[1]: a loss sum was not finite.
+// element's loss sum not finite, tot NaN or +inf, or poison); flags[1]: a loss sum was not finite.
 void ghm_weigh(int bins, const int64_t *counts, const double *sums, int64_t numel,
                const float *tot_in, const uint8_t *poison, double momentum, double keep,
                float *acc, float *updates, int reduction, float loss_weight, float *slot_weight,

@@ -382,7 +382,7 @@ def ghm_weigh_kernel(counts_ptr, sums_ptr, acc_ptr, updates_ptr, tot_ptr, poison
     """Everything between the histogram and the backward in one program (one launch instead of
     some 40 small ops), with :meth:`GradientDensity.update`'s rounding: the EMA state updated in
     place, the slot weights, the skip flag (non-finite loss sums of a valid element, a
-    non-finite tot, or poison), and for a reduced loss (REDUCTION 1 'mean', 2 'sum') the loss and
+    tot NaN or +inf, or poison), and for a reduced loss (REDUCTION 1 'mean', 2 'sum') the loss and
     the divisor the backward divides by. ``keep`` is the Python double ``1 - momentum``."""
     idx = tl.arange(0, SLOTS_P2)
     in_bins = (idx >= 1) & (idx <= BINS)
