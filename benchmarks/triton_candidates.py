@@ -34,10 +34,12 @@ def ghmc_count_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr,
     total = tl.zeros([BLOCK], CDT)
     for i in range(BLOCKS):
         base, lane, mask = K._block(pid.to(tl.int64) * BLOCKS + i, numel, BLOCK)
-        x, t, s, slot = K._cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr,
-                                    base, lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
+        x, t, s, slot, bad = K._cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr,
+                                         edges_ptr, base, lane, mask, C, BINS, LABELS, WEIGHT,
+                                         CDT, EXACT)
+        slot, loss = K._counted(slot, K._bce_with_logits(x, t), bad, BINS)
         counts += tl.histogram(slot, SLOTS_P2, mask=mask)
-        total += tl.where(slot > 0, K._bce_with_logits(x, t), 0.0)
+        total += tl.where(slot > 0, loss, 0.0)
     idx = tl.arange(0, SLOTS_P2)
     sums = tl.where(idx == BINS + 1, tl.sum(total, axis=0), 0.0)
     K._store_partials(counts, sums, counts_part_ptr, sums_part_ptr, pid, num_programs, BINS,
@@ -55,8 +57,8 @@ def ghmc_weighted_loss_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges
     acc = tl.zeros([BLOCK], CDT)
     for i in range(BLOCKS):
         base, lane, mask = K._block(pid.to(tl.int64) * BLOCKS + i, numel, BLOCK)
-        x, t, s, slot = K._cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr,
-                                    base, lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
+        x, t, s, slot, _ = K._cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr,
+                                       base, lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
         w = tl.load(slot_weight_ptr + slot).to(CDT)
         acc += tl.where(slot == 0, 0.0, K._bce_with_logits(x, t) * w)
     tl.store(partials_ptr + pid, tl.sum(acc, axis=0))
@@ -86,7 +88,7 @@ def count_pass(backend, config=COUNT_CONFIGS[0]):
     of a :class:`~mmdet_ghm.ops.triton_passes.ClassificationTriton` backend's inputs."""
     block, blocks, warps = config
     options = dict(P._launch_options(block, warps, P.CLS_FP_FUSION), BLOCKS=blocks,
-                   SLOTS_P2=triton.next_power_of_2(backend.bins + 2))
+                   SLOTS_P2=P.next_power_of_2(backend.bins + 2))
     return backend._slot_sums(ghmc_count_kernel, backend._inputs(), (), options, backend.modes)
 
 
@@ -94,7 +96,7 @@ def weighted_loss(backend, weighing, loss_weight: float, config=LOSS_CONFIGS[0])
     """The reduced ('mean' or 'sum') loss from the Triton weighing's slot weights, divisor and
     skip (the PyTorch weighing's 'sum' has no divisor tensor)."""
     block, blocks, warps = config
-    programs = triton.cdiv(backend.numel, block * blocks)
+    programs = P.cdiv(backend.numel, block * blocks)
     partials = backend.pred.new_empty(programs, dtype=backend.dtype)
     loss = backend.pred.new_empty((), dtype=backend.dtype)
     with P._device_guard(backend.pred):

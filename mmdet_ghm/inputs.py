@@ -129,10 +129,10 @@ def _rows(shape: torch.Size) -> int:
     return math.prod(shape[:-1]) if len(shape) else 1
 
 
-def _wide_enough(labels: Tensor, num_classes: int) -> Tensor:
-    """Labels in a dtype that holds ``num_classes`` (the background label): PyTorch casts a
-    Python int compared with a tensor to the tensor's dtype, so uint8 labels with C >= 256 would
-    wrap (mmdet's one-hot then drops their classes)."""
+def wide_enough_labels(labels: Tensor, num_classes: int) -> Tensor:
+    """Labels in a dtype that holds ``num_classes`` (the background label): PyTorch and Triton
+    cast a Python int compared with a tensor to the tensor's dtype, so uint8 labels with C >= 256
+    would wrap (mmdet's one-hot then drops their classes)."""
     return labels if torch.iinfo(labels.dtype).max >= num_classes else labels.long()
 
 
@@ -161,7 +161,7 @@ def _quality_target(pred: Tensor, target: tuple, check_now: bool):
             f'scores (N,), got pred {tuple(pred.shape)}, labels {_describe(labels)}, scores '
             f'{_describe(scores)}')
     num_classes = pred.shape[1]
-    labels = _wide_enough(labels, num_classes)
+    labels = wide_enough_labels(labels, num_classes)
     bad_labels = ((labels < 0) | (labels > num_classes)).any()
     bad_scores = ~((scores >= 0) & (scores <= 1)).all()  # NaN too
     poison = None
@@ -188,11 +188,12 @@ class GHMCInputs(NamedTuple):
     soft_target: Optional[Tensor]  # (M, C) float32 targets, or None
     label_weight: Optional[Tensor]  # (M, C), (M,) per row, or None
     tot: Optional[Tensor]          # 0-dim float32 normalizer where mmdet's differs from the count
-    poison: Optional[Tensor]       # 0-dim bool: out-of-range labels on a device (no host sync)
+    poison: Optional[Tensor]       # 0-dim bool: bad labels / scores found without a host sync
     shape: torch.Size              # pred's shape, for reduction 'none'
 
 
-def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GHMCInputs:
+def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True,
+                backend_checks_labels: bool = False) -> GHMCInputs:
     """GHM-C's inputs as mmdet reads them: ``target`` with fewer dims than pred is integer labels
     (pred (N, C), labels (N,), C = background); with pred's dims it is a target of pred's shape
     (float, or integer / bool one-hot, taken as float as mmdet does); a ``(labels, scores)`` pair
@@ -203,10 +204,11 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
     rounded to float32 first, as mmdet's ``label_weight.float()``: a positive weight below
     float32's range is not valid.
 
-    Labels outside [0, C] raise here when ``check_labels_now`` and pred is on the CPU; on CUDA
-    the Triton kernels reject the call (NaN loss, state kept); elsewhere they come back as
-    ``poison`` (a device tensor: no host sync, and no rank raising alone while the others wait
-    in the all-reduce of ``sync_across_ranks``)."""
+    Integer labels outside [0, C] are left to the backend when ``backend_checks_labels`` (the
+    Triton kernels reject the call: NaN loss, state kept); else they raise here when
+    ``check_labels_now`` and pred is on the CPU, or come back as ``poison`` (a device tensor: no
+    host sync, and no rank raising alone while the others wait in the all-reduce of
+    ``sync_across_ranks``)."""
     pred = _check_pred(pred, 'logits')
     poison = None
     if isinstance(target, tuple):
@@ -229,9 +231,8 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True) -> GH
             raise GHMArgumentError(
                 f'target: integer labels need pred of shape (N, C) and labels of shape (N,), got '
                 f'pred {tuple(shape)} and labels {tuple(target.shape)}')
-        labels = _wide_enough(target, num_classes)
-        # on CUDA the Triton kernels reject a call with such labels themselves (no extra launch)
-        if pred.device.type != 'cuda':
+        labels = wide_enough_labels(target, num_classes)
+        if not backend_checks_labels:
             out_of_range = ((labels < 0) | (labels > num_classes)).any()
             if check_labels_now and pred.device.type == 'cpu':
                 if out_of_range:

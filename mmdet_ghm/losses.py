@@ -24,7 +24,7 @@ from .density import GradientDensity
 from .inputs import (GHMArgumentError, check_bins, check_flag, check_loss_weight, check_momentum,
                      check_mu, check_mu_for, check_reduction, ghmc_inputs, ghmr_inputs,
                      labels_message)
-from .ops.function import ghmc_loss, ghmr_loss
+from .ops.function import backend_checks_labels, ghmc_loss, ghmr_loss
 
 __all__ = ['GHMC', 'GHMR', 'GHMArgumentError']
 
@@ -193,7 +193,9 @@ class GHMC(_GHMLoss):
         # every rank raises (one rank raising alone would leave the others in the collective).
         deferred = isinstance(pred, Tensor) and pred.device.type == 'cpu' \
             and self._syncs_with_other_ranks()
-        x = ghmc_inputs(pred, target, label_weight, check_labels_now=not deferred)
+        x = ghmc_inputs(pred, target, label_weight, check_labels_now=not deferred,
+                        backend_checks_labels=isinstance(pred, Tensor)
+                        and backend_checks_labels(pred))
         loss = ghmc_loss(x.pred, x.labels, x.soft_target, x.label_weight, self.density,
                          self.loss_weight, reduction, poison=x.poison, tot=x.tot)
         # on the CPU a NaN loss only comes from poison (non-finite inputs raise in the call)
@@ -244,11 +246,11 @@ class GHMR(_GHMLoss):
         reduction = self._reduction(reduction_override)
         x = ghmr_inputs(pred, target, label_weight)
         mu = check_mu_for(self.mu, x.pred)
-        # NaN / inf weights make mmdet's normalizer (their sum) NaN / inf: on the CPU a
-        # ValueError; synced, after the all-reduce that every rank joins (each skips the call)
+        # weights summing to NaN or +inf make mmdet's loss NaN: on the CPU a ValueError;
+        # synced, after the all-reduce that every rank joins (each skips the call)
         on_cpu, synced = x.pred.device.type == 'cpu', self._syncs_with_other_ranks()
         tot = x.tot
-        bad_here = on_cpu and tot is not None and _nan_or_inf(tot.item())
+        bad_here = on_cpu and tot is not None and _nan_or_plus_inf(tot.item())
         if bad_here and not synced:
             raise GHMArgumentError(_weight_sum_message(here=True))
         loss = ghmr_loss(x.pred, x.target, x.label_weight, self.density, mu, self.loss_weight,
@@ -258,7 +260,7 @@ class GHMR(_GHMLoss):
         return loss
 
 
-def _nan_or_inf(weight_sum: float) -> bool:
+def _nan_or_plus_inf(weight_sum: float) -> bool:
     """A sum of GHM-R weights that makes mmdet's loss NaN (its ``max(sum, 1)`` turns -inf to 1)."""
     return math.isnan(weight_sum) or weight_sum == math.inf
 

@@ -319,8 +319,8 @@ def test_out_of_range_label_rejects_the_call_in_the_kernels(weight_mode, label_d
                                                             bias_correction):
     """The Triton kernels check the labels' range themselves (GHMC's input checks leave it to
     them on CUDA): one label outside [0, C], even on an ignored row, gives a NaN loss (every
-    element for 'none') and leaves the EMA state as it was; labels in [0, C] are then counted
-    as before."""
+    element for 'none') and leaves the EMA state as it was, with a finite gradient (a NaN there
+    would reach every parameter); labels in [0, C] are then counted as before."""
     n, c = 40, 5
     pred, labels, row_weight = _cls_random(n, c, seed=21)
     row_weight[7] = 0
@@ -328,8 +328,13 @@ def test_out_of_range_label_rejects_the_call_in_the_kernels(weight_mode, label_d
                   element=row_weight[:, None].expand(n, c).contiguous())[weight_mode]
     labels = labels.to(label_dtype)
     density = GradientDensity(10, 0.75, CLS_LAST_EDGE, bias_correction=bias_correction)
-    call = lambda y, reduction='mean': ghmc_loss(pred, y, None, weight, density,
-                                                 reduction=reduction, backend='triton')
+    def call(y, reduction='mean'):
+        x = pred.clone().requires_grad_()
+        loss = ghmc_loss(x, y, None, weight, density, reduction=reduction, backend='triton')
+        loss.sum().backward()
+        assert torch.isfinite(x.grad).all()
+        return loss.detach()
+
     first = call(labels)
     state = density.acc_sum.clone()
     bad_values = [c + 1, 127] + ([-1] if label_dtype != torch.uint8 else [255])
@@ -345,6 +350,19 @@ def test_out_of_range_label_rejects_the_call_in_the_kernels(weight_mode, label_d
     ghmc_loss(pred, labels, None, weight, reference, backend='triton')
     again = ghmc_loss(pred, labels, None, weight, reference, backend='triton')
     assert torch.equal(call(labels), again) and torch.isfinite(first)
+
+
+@pytest.mark.parametrize('label_dtype, classes', [(torch.int8, 200), (torch.uint8, 300)])
+def test_narrow_labels_with_many_classes_reach_the_kernels_widened(label_dtype, classes):
+    """The kernels compare labels with C in the labels' dtype: int8 / uint8 labels that cannot
+    hold C are widened first, and mean what int64 labels mean."""
+    gen = torch.Generator().manual_seed(4)
+    pred = torch.randn(6, classes, generator=gen)
+    labels = torch.randint(0, 100, (6,), generator=gen)
+    got = ghmc_loss(pred, labels.to(label_dtype), None, None, GradientDensity(10),
+                    backend='triton')
+    assert torch.equal(got, ghmc_loss(pred, labels, None, None, GradientDensity(10),
+                                      backend='triton'))
 
 
 def test_float64_gradient_factor_is_float64_on_every_path():

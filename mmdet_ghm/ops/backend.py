@@ -21,8 +21,8 @@ Constructors (the Function calls them; the arguments are already validated and d
 - GHM-C: ``backend(pred (M, C), labels (M,) int or None, target (M, C) float or None,
   weight None | (M,) | (M, C), binning)``: integer labels in [0, C] (C = background) or a
   float target (any values; g outside every bin goes to slot bins + 1). The Triton backend
-  checks the labels' range itself (the CPU ones get checked labels): a label outside [0, C]
-  counts as a NaN target in slot bins + 1, so the call is rejected.
+  checks the labels' range itself (the CPU ones get checked labels): the histogram counts an
+  element with a label outside [0, C] in slot bins + 1 with a NaN loss, so the call is rejected.
 - GHM-R: ``backend(pred, target, weight None | pred's shape, binning, mu)``.
 
 ``binning`` is a :class:`mmdet_ghm.binning.Binning` (bins and float32 edges).

@@ -40,6 +40,13 @@ def _use_triton(device: torch.device, backend: Optional[str]) -> bool:
     return backend == 'triton'
 
 
+def backend_checks_labels(pred: Tensor, backend: Optional[str] = None) -> bool:
+    """Whether the backend that takes pred checks integer labels' range as it reads them: the
+    Triton kernels (a label outside [0, C] rejects the call there, no extra launch, no host
+    sync), when they run (pred is not empty)."""
+    return _use_triton(pred.device, backend) and pred.numel() > 0
+
+
 def _backend_chooser(device: torch.device, backend: Optional[str], loss: str):
     """(``choose(pred, binning) -> backend class``, whether it is the Triton one) of ``loss``
     ('Classification' or 'Regression') for pred's device. On CPU the C++ passes where they

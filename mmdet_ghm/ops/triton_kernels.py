@@ -125,7 +125,8 @@ def _positive(w):
 def _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
                 C: tl.constexpr, LABELS: tl.constexpr, WEIGHT: tl.constexpr,
                 CDT: tl.constexpr):
-    """Logit, target and validity of the elements ``base + lane`` of an (M, C) problem."""
+    """Logit, target, validity and bad label (outside [0, C]: the call is rejected) of the
+    elements ``base + lane`` of an (M, C) problem."""
     x = tl.load(pred_ptr + base + lane, mask=mask, other=0.0).to(CDT)
     # row = (base + lane) // C without a 64-bit division: one scalar division per program
     row0 = base // C
@@ -134,11 +135,10 @@ def _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
     row = row0 + row_in_block
     if LABELS:
         label = tl.load(label_ptr + row, mask=mask, other=0)
-        # a label outside [0, C] is a NaN target, valid whatever its weight: slot BINS + 1 and
-        # a NaN loss sum there, which rejects the call in the weighing (no host sync)
-        bad = (label < 0) | (label > C)
-        t = tl.where(bad, float('nan'), ((local - row_in_block * C) == label).to(CDT))
+        bad = mask & ((label < 0) | (label > C))
+        t = ((local - row_in_block * C) == label).to(CDT)
     else:
+        bad = tl.zeros_like(mask)
         t = tl.load(target_ptr + base + lane, mask=mask, other=0).to(CDT)
     if WEIGHT == 1:
         valid = mask & _positive(tl.load(weight_ptr + row, mask=mask, other=0))
@@ -146,20 +146,27 @@ def _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
         valid = mask & _positive(tl.load(weight_ptr + base + lane, mask=mask, other=0))
     else:
         valid = mask
-    if LABELS:
-        valid = valid | (mask & bad)
-    return x, t, valid
+    return x, t, valid, bad
 
 
 @triton.jit
 def _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base, lane, mask,
               C: tl.constexpr, BINS: tl.constexpr, LABELS: tl.constexpr, WEIGHT: tl.constexpr,
               CDT: tl.constexpr, EXACT: tl.constexpr):
-    """Logit, target, sigmoid and slot (0 where invalid) of the elements ``base + lane``."""
-    x, t, valid = _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
-                              C, LABELS, WEIGHT, CDT)
+    """Logit, target, sigmoid, slot (0 where invalid) and bad label of the elements
+    ``base + lane``."""
+    x, t, valid, bad = _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
+                                   C, LABELS, WEIGHT, CDT)
     s = _sigmoid(x, EXACT, CDT == tl.float64)
-    return x, t, s, tl.where(valid, _slot_of(tl.abs(s - t), edges_ptr, BINS), 0)
+    return x, t, s, tl.where(valid, _slot_of(tl.abs(s - t), edges_ptr, BINS), 0), bad
+
+
+@triton.jit
+def _counted(slot, loss, bad, BINS: tl.constexpr):
+    """Slot and loss as the forward counts them: an element with a bad label, valid or not, in
+    slot BINS + 1 with a NaN loss, which rejects the call in the weighing (no host sync). The
+    other passes take it as background, as mmdet's one-hot does (the call's loss is NaN)."""
+    return tl.where(bad, BINS + 1, slot), tl.where(bad, float('nan'), loss)
 
 
 @triton.jit
@@ -218,10 +225,10 @@ def ghmc_histogram_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr
     sums = tl.zeros([SLOTS_P2], CDT)
     for i in range(BLOCKS):
         base, lane, mask = _block(pid.to(tl.int64) * BLOCKS + i, numel, BLOCK)
-        x, t, s, slot = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
-                                  lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
-        counts, sums = _add_slot_sums(counts, sums, slot, _bce_with_logits(x, t), mask, BINS,
-                                      SLOTS_P2)
+        x, t, s, slot, bad = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr,
+                                       base, lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
+        slot, loss = _counted(slot, _bce_with_logits(x, t), bad, BINS)
+        counts, sums = _add_slot_sums(counts, sums, slot, loss, mask, BINS, SLOTS_P2)
     _store_partials(counts, sums, counts_part_ptr, sums_part_ptr, pid, num_programs, BINS,
                     SLOTS_P2)
 
@@ -234,8 +241,8 @@ def ghmc_elementwise_loss_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, ed
                                  BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     base, lane, mask = _block(pid, numel, BLOCK)
-    x, t, s, slot = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
-                              lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
+    x, t, s, slot, _ = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
+                                 lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
     w = tl.load(slot_weight_ptr + slot).to(CDT)
     # mmdet's order: (loss * weight) * loss_weight; invalid elements exactly 0
     loss = (_bce_with_logits(x, t) * w) * tl.cast(loss_weight, CDT)
@@ -275,8 +282,8 @@ def ghmc_grad_kernel(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, slo
                      ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     base, lane, mask = _block(pid, numel, BLOCK)
-    x, t, s, slot = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
-                              lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
+    x, t, s, slot, _ = _cls_slot(pred_ptr, label_ptr, target_ptr, weight_ptr, edges_ptr, base,
+                                 lane, mask, C, BINS, LABELS, WEIGHT, CDT, EXACT)
     factor = _grad_factor(slot, slot_weight_ptr, grad_out_ptr, divisor_ptr, loss_weight, base,
                           lane, mask, CDT, ELEMENTWISE)
     grad = tl.where(slot == 0, 0.0, (s - t) * factor)

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..inputs import wide_enough_labels
 from . import triton_kernels as K
 from .backend import REDUCTION_CODES, GHMBackend, Weighing
 
@@ -33,12 +34,12 @@ CLS_FP_FUSION = True
 REG_FP_FUSION = False
 
 
-def _cdiv(a: int, b: int) -> int:
-    # triton.cdiv / next_power_of_2 are constexpr functions (a few microseconds a host call)
+# triton.cdiv / next_power_of_2 are constexpr functions: a few microseconds a host call
+def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _next_power_of_2(n: int) -> int:
+def next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
@@ -74,7 +75,7 @@ def _launch_options(block: int, warps: int, fp_fusion: bool) -> dict:
 
 def _histogram_options(bins: int, fp_fusion: bool) -> dict:
     return dict(_launch_options(HIST_BLOCK, HIST_WARPS, fp_fusion), BLOCKS=HIST_BLOCKS,
-                SLOTS_P2=_next_power_of_2(bins + 2))
+                SLOTS_P2=next_power_of_2(bins + 2))
 
 
 class _TritonBackend(GHMBackend):
@@ -91,7 +92,7 @@ class _TritonBackend(GHMBackend):
                     torch.zeros(slots, dtype=torch.float64, device=device))
         counts = torch.empty(slots, dtype=torch.int64, device=device)
         sums = torch.empty(slots, dtype=torch.float64, device=device)
-        programs = _cdiv(self.numel, options['BLOCK'] * options['BLOCKS'])
+        programs = cdiv(self.numel, options['BLOCK'] * options['BLOCKS'])
         counts_part = torch.empty((slots, programs), dtype=torch.int32, device=device)
         sums_part = torch.empty((slots, programs), dtype=self.dtype, device=device)
         with _device_guard(self.pred):
@@ -128,7 +129,7 @@ class _TritonBackend(GHMBackend):
                 slot_counts, slot_loss_sums, density.acc_sum, density.num_updates, tot, poison,
                 slot_weight, loss, divisor, skip, self.numel, density.momentum,
                 1 - density.momentum, float(call.loss_weight), BINS=self.bins,
-                SLOTS_P2=_next_power_of_2(slots), TOT_FROM_COUNTS=call.tot is None,
+                SLOTS_P2=next_power_of_2(slots), TOT_FROM_COUNTS=call.tot is None,
                 HAS_POISON=call.poison is not None, EMA=density.momentum > 0,
                 REDUCTION=reduction, CDT=self.cdt, num_warps=WEIGH_WARPS,
                 enable_fp_fusion=False)
@@ -155,6 +156,8 @@ class ClassificationTriton(_TritonBackend):
     def __init__(self, pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
                  weight: Optional[Tensor], binning):
         self.pred = pred.detach().contiguous()
+        if labels is not None:  # the kernels compare labels with C in the labels' dtype
+            labels = wide_enough_labels(labels, self.pred.shape[-1])
         self.labels, self.target, self.weight = map(_loadable, (labels, target, weight))
         self.edges = binning.edges.to(device=self.pred.device, dtype=torch.float32).contiguous()
         self.bins = binning.bins
@@ -185,7 +188,7 @@ class ClassificationTriton(_TritonBackend):
                      if t is not None)  # kept: nothing
 
     def _launch(self, kernel, *args, **constexprs):
-        grid = (_cdiv(self.numel, self.options['BLOCK']),)
+        grid = (cdiv(self.numel, self.options['BLOCK']),)
         kernel[grid](*self._inputs(), *args, self.numel, **self.modes, **constexprs,
                      **self.options)
 
@@ -236,7 +239,7 @@ class RegressionTriton(_TritonBackend):
         return tuple(t for t in (self.target, self.weight) if t is not None)  # kept: nothing
 
     def _launch(self, kernel, *args, **constexprs):
-        grid = (_cdiv(self.numel, REG_BLOCK),)
+        grid = (cdiv(self.numel, REG_BLOCK),)
         kernel[grid](*self._inputs(), *args, self.numel, **self.modes, **constexprs,
                      **_launch_options(REG_BLOCK, REG_WARPS, REG_FP_FUSION))
 
