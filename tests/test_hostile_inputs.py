@@ -92,8 +92,6 @@ def test_bias_correction_fades_out():
     assert d.num_updates[1] == 40
 
 
-
-
 def test_kernel_offsets_are_int64_by_construction():
     """Every per-element kernel forms its block's base offset through ``_block``, which widens
     the program id to int64 before multiplying, so an element past 2 ** 31 is addressed without

@@ -328,6 +328,7 @@ def test_out_of_range_label_rejects_the_call_in_the_kernels(weight_mode, label_d
                   element=row_weight[:, None].expand(n, c).contiguous())[weight_mode]
     labels = labels.to(label_dtype)
     density = GradientDensity(10, 0.75, CLS_LAST_EDGE, bias_correction=bias_correction)
+
     def call(y, reduction='mean'):
         x = pred.clone().requires_grad_()
         loss = ghmc_loss(x, y, None, weight, density, reduction=reduction, backend='triton')
