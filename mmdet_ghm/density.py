@@ -149,11 +149,14 @@ class GradientDensity(nn.Module):
                     f'{name} must have one entry per bin, shape ({self.bins},), got {what} of '
                     f'shape {tuple(state.shape)}')
 
-    def state_writable_on(self, device: torch.device) -> bool:
-        """Whether a fused weighing may write the EMA state through pointers on ``device``:
-        both buffers contiguous float32 there. Otherwise :meth:`update`'s PyTorch ops do it (a
-        float64 or strided state, as mmdet's indexing would)."""
-        return all(plain_float32_on(t, device) for t in (self.acc_sum, self.num_updates))
+    def fused_update_on(self, device: torch.device) -> bool:
+        """Whether a fused weighing (C++ or Triton) may do :meth:`update`'s work on ``device``:
+        no all-reduce between counting and weighing, no ``bias_correction``, and a state it can
+        write through pointers (both buffers contiguous float32 there). Otherwise
+        :meth:`update`'s PyTorch ops do it (also a float64 or strided state, as mmdet's
+        indexing would)."""
+        return (not self.synchronizes() and not self.bias_correction
+                and all(plain_float32_on(t, device) for t in (self.acc_sum, self.num_updates)))
 
     def mark_state_written(self) -> None:
         """Bump the EMA state's version counters after a fused weighing wrote it through a

@@ -136,6 +136,11 @@ def wide_enough_labels(labels: Tensor, num_classes: int) -> Tensor:
     return labels if torch.iinfo(labels.dtype).max >= num_classes else labels.long()
 
 
+def labels_outside(labels: Tensor, num_classes: int) -> Tensor:
+    """0-dim bool: a label outside [0, C] (C = background), without a host read."""
+    return ((labels < 0) | (labels > num_classes)).any()
+
+
 def labels_message(num_classes: int, here: bool, quality: bool = False) -> str:
     where = 'got values outside' if here else 'got values outside on another rank'
     scores = ' and quality scores in [0, 1]' if quality else ''
@@ -162,7 +167,7 @@ def _quality_target(pred: Tensor, target: tuple, check_now: bool):
             f'{_describe(scores)}')
     num_classes = pred.shape[1]
     labels = wide_enough_labels(labels, num_classes)
-    bad_labels = ((labels < 0) | (labels > num_classes)).any()
+    bad_labels = labels_outside(labels, num_classes)
     bad_scores = ~((scores >= 0) & (scores <= 1)).all()  # NaN too
     poison = None
     if check_now and pred.device.type == 'cpu':
@@ -233,7 +238,7 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True,
                 f'pred {tuple(shape)} and labels {tuple(target.shape)}')
         labels = wide_enough_labels(target, num_classes)
         if not backend_checks_labels:
-            out_of_range = ((labels < 0) | (labels > num_classes)).any()
+            out_of_range = labels_outside(labels, num_classes)
             if check_labels_now and pred.device.type == 'cpu':
                 if out_of_range:
                     raise GHMArgumentError(labels_message(num_classes, here=True))

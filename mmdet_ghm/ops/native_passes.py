@@ -161,8 +161,7 @@ class _NativeWeighing:
 
     def weigh(self, slot_counts: Tensor, slot_loss_sums: Tensor, call) -> Weighing:
         density = call.density
-        if (density.synchronizes() or density.bias_correction
-                or not density.state_writable_on(CPU)
+        if (not density.fused_update_on(CPU)
                 or not (call.tot is None or plain_float32_on(call.tot, CPU))):
             return super().weigh(slot_counts, slot_loss_sums, call)
         try:

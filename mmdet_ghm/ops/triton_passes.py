@@ -111,8 +111,7 @@ class _TritonBackend(GHMBackend):
         strided): the PyTorch ops of :meth:`GHMBackend.weigh`; they also handle (and reject, as
         PyTorch does) a density whose state is on another device than pred."""
         density = call.density
-        if (density.synchronizes() or density.bias_correction
-                or not density.state_writable_on(slot_counts.device)):
+        if not density.fused_update_on(slot_counts.device):
             return super().weigh(slot_counts, slot_loss_sums, call)
         density.record(slot_counts)
         device, slots = slot_counts.device, slot_counts.numel()
