@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .binning import Binning, edges_layout, mmdet_edges
-from .inputs import GHMArgumentError, check_bins, check_momentum
+from .inputs import GHMArgumentError, check_bins, check_momentum, compute_dtype
 
 
 class GradientDensity(nn.Module):
@@ -79,7 +79,7 @@ class GradientDensity(nn.Module):
 
     def slot_index(self, g: Tensor, valid: Optional[Tensor] = None) -> Tensor:
         """Slots of gradient norms ``g >= 0``; ``valid`` (broadcasting to g) False -> slot 0."""
-        slots = self.binning.slots(g.detach().float() if g.dtype != torch.float64 else g)
+        slots = self.binning.slots(g.detach().to(compute_dtype(g)))
         if valid is not None:
             slots = slots.masked_fill(~valid.bool(), 0)
         return slots

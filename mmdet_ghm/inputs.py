@@ -8,7 +8,7 @@ targets, label weights that broadcast over pred).
 import functools
 import math
 import numbers
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -64,12 +64,18 @@ def _rounded_square(mu: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(mu * mu, dtype=dtype))
 
 
+def compute_dtype(pred: Tensor) -> torch.dtype:
+    """The arithmetic's dtype: float64 stays float64 (mmdet's numbers for a model.double()),
+    anything else float32."""
+    return torch.float64 if pred.dtype == torch.float64 else torch.float32
+
+
 def check_mu_for(mu, pred: Tensor) -> float:
     """``mu`` for pred's compute dtype (float64, else float32): mmdet adds the double ``mu * mu``
     rounded to it, and a square that underflows to 0 (g = 0 / 0 where pred == target) or
     overflows leaves no meaningful loss or gradient."""
     mu = check_mu(mu)
-    dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(pred)
     square = mu_squared(mu, dtype)
     if not 0.0 < square < math.inf:
         limits = torch.finfo(dtype)
@@ -136,6 +142,21 @@ def wide_enough_labels(labels: Tensor, num_classes: int) -> Tensor:
     return labels if torch.iinfo(labels.dtype).max >= num_classes else labels.long()
 
 
+def labelled_rows(labels: Tensor, num_classes: int) -> Tensor:
+    """bool (N,): the rows whose label is a class, in [0, C), as mmdet's one-hot reads them."""
+    return (labels >= 0) & (labels < num_classes)
+
+
+def scatter_to_classes(labels: Tensor, num_classes: int, value, dtype: torch.dtype) -> Tensor:
+    """(N, C) of ``dtype``: ``value`` (a float, or one per row) at each labelled row's class, 0
+    elsewhere. A scatter into an extra background column: neither F.one_hot's range check nor
+    an index of the labelled rows (both host syncs on CUDA)."""
+    index = torch.where(labelled_rows(labels, num_classes), labels, num_classes).long()
+    out = torch.zeros(labels.shape[0], num_classes + 1, dtype=dtype, device=labels.device)
+    src = value[:, None].to(dtype) if isinstance(value, Tensor) else value
+    return out.scatter_(1, index[:, None], src)[:, :num_classes]
+
+
 def labels_outside(labels: Tensor, num_classes: int) -> Tensor:
     """0-dim bool: a label outside [0, C] (C = background), without a host read."""
     return ((labels < 0) | (labels > num_classes)).any()
@@ -146,6 +167,17 @@ def labels_message(num_classes: int, here: bool, quality: bool = False) -> str:
     scores = ' and quality scores in [0, 1]' if quality else ''
     return (f'target: labels must lie in [0, {num_classes}] ({num_classes} = background){scores}, '
             f'{where}' + ('' if here else ' (sync_across_ranks); the EMA state is left untouched'))
+
+
+def _raise_now_or_poison(bad: Tensor, now: bool, message: Callable[[], str]) -> Optional[Tensor]:
+    """When ``now`` (pred on the CPU), GHMArgumentError(message()) if the 0-dim ``bad`` is set,
+    else None; otherwise ``bad`` itself, as poison: the loss becomes NaN and the state is kept,
+    without a host read."""
+    if not now:
+        return bad
+    if bad:
+        raise GHMArgumentError(message())
+    return None
 
 
 def _quality_target(pred: Tensor, target: tuple, check_now: bool):
@@ -169,22 +201,12 @@ def _quality_target(pred: Tensor, target: tuple, check_now: bool):
     labels = wide_enough_labels(labels, num_classes)
     bad_labels = labels_outside(labels, num_classes)
     bad_scores = ~((scores >= 0) & (scores <= 1)).all()  # NaN too
-    poison = None
-    if check_now and pred.device.type == 'cpu':
-        if bad_labels:
-            raise GHMArgumentError(labels_message(num_classes, here=True))
-        if bad_scores:
-            raise GHMArgumentError(
-                'target: quality scores must be probabilities in [0, 1] to be BCE targets for '
-                f'GHM-C, got values in [{float(scores.min())}, {float(scores.max())}]')
-    else:
-        poison = bad_labels | bad_scores
-    # a scatter into a background column, not an index of the labelled rows (a host sync on CUDA)
-    inside = (labels >= 0) & (labels < num_classes)
-    soft_target = torch.zeros(pred.shape[0], num_classes + 1, dtype=torch.float32,
-                              device=pred.device).scatter_(
-        1, torch.where(inside, labels, num_classes)[:, None], scores[:, None].float())
-    return soft_target[:, :num_classes], poison
+    poison = _raise_now_or_poison(
+        bad_labels | bad_scores, check_now and pred.device.type == 'cpu',
+        lambda: labels_message(num_classes, here=True) if bad_labels else (
+            'target: quality scores must be probabilities in [0, 1] to be BCE targets for '
+            f'GHM-C, got values in [{float(scores.min())}, {float(scores.max())}]'))
+    return scatter_to_classes(labels, num_classes, scores, torch.float32), poison
 
 
 class GHMCInputs(NamedTuple):
@@ -238,12 +260,9 @@ def ghmc_inputs(pred, target, label_weight, check_labels_now: bool = True,
                 f'pred {tuple(shape)} and labels {tuple(target.shape)}')
         labels = wide_enough_labels(target, num_classes)
         if not backend_checks_labels:
-            out_of_range = labels_outside(labels, num_classes)
-            if check_labels_now and pred.device.type == 'cpu':
-                if out_of_range:
-                    raise GHMArgumentError(labels_message(num_classes, here=True))
-            else:
-                poison = out_of_range  # the loss becomes NaN, the state is kept
+            now = check_labels_now and pred.device.type == 'cpu'
+            poison = _raise_now_or_poison(labels_outside(labels, num_classes), now,
+                                          lambda: labels_message(num_classes, here=True))
         if label_weight is not None and label_weight.shape != shape:
             # mmdet: label_weight.view(-1, 1).expand(label_weight.size(0), C), against (N, C)
             anchors = label_weight.shape[0] if label_weight.dim() else 0

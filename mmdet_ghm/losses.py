@@ -4,15 +4,14 @@ Drop-in replacements of mmdet 3.3.0's ``GHMC``/``GHMR`` (same constructor argume
 signatures, numbers, attribute names and checkpoint keys), built on one
 :class:`~mmdet_ghm.density.GradientDensity`. Beyond mmdet: ``label_weight`` is optional, integer
 labels never become one-hot N x C tensors, soft float targets work, ``avg_factor`` is accepted by
-both, ``reduction='sum'`` works, every input dtype is computed in float32, CUDA tensors run fused
-Triton kernels, and nothing syncs with the device.
+both, ``reduction='sum'`` works, float64 inputs are computed in float64 and every other dtype in
+float32, CUDA tensors run fused Triton kernels, and nothing syncs with the device.
 """
 import math
 import warnings
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 # mmdet registers its own GHMC/GHMR on import; import it first so that ours, registered with
@@ -84,7 +83,7 @@ class _GHMLoss(nn.Module):
         self._loss_weight = check_loss_weight(value)
 
     def __setstate__(self, state) -> None:
-        if 'loss_weight' in state:  # a whole module pickled while loss_weight was a plain attribute
+        if 'loss_weight' in state:  # a pickle that holds loss_weight as a plain attribute
             state['_loss_weight'] = state.pop('loss_weight')
         super().__setstate__(state)
 
@@ -100,10 +99,6 @@ class _GHMLoss(nn.Module):
     acc_sum = _density_buffer('acc_sum')
     num_updates = _density_buffer('num_updates')
 
-    def _syncs_with_other_ranks(self) -> bool:
-        return (self.density.sync_across_ranks and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1)
-
     def _reduction(self, reduction_override) -> str:
         if reduction_override is None:
             return check_reduction('reduction', self.reduction)
@@ -114,7 +109,7 @@ class _GHMLoss(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Flat keys (ours, and mmdet's: no num_updates, no acc_sum when momentum == 0) go to the
-        # density; the nested layout <loss>.density.* of earlier versions loads as it is.
+        # density; the nested layout <loss>.density.* loads as it is.
         density = self.density
         for name in density._buffers:
             if name not in density._non_persistent_buffers_set and prefix + name in state_dict:
@@ -160,8 +155,8 @@ class GHMC(_GHMLoss):
         """GHM-C loss.
 
         Args:
-            pred: (N, C) logits (any floating dtype; computed in float32), or any shape with a
-                target of the same shape.
+            pred: (N, C) logits (any floating dtype; float64 computed in float64, others in
+                float32), or any shape with a target of the same shape.
             target: integer labels (N,) in [0, C], C meaning background (mmdet's convention), or
                 targets of pred's shape: float (soft) targets in [0, 1], or integer / bool
                 one-hot targets (taken as float, as mmdet does), or a Quality Focal Loss pair
@@ -178,11 +173,19 @@ class GHMC(_GHMLoss):
             weight: the name mmdet's other classification losses give ``label_weight`` (GFL,
                 YOLOv3 and VFNet pass ``weight=``); used when ``label_weight`` is None, else
                 ignored with a warning (mmdet's GHMC ignores it).
+            kwargs: ignored, as mmdet's GHMC does; without ``label_weight`` (which mmdet's
+                GHMC requires) they raise: a misspelt ``label_weight`` must not make every
+                element valid.
 
         Returns:
-            float32 loss: 0-dim, or pred's shape for 'none'.
+            loss in float32 (float64 for float64 pred): 0-dim, or pred's shape for 'none'.
         """
         reduction = self._reduction(reduction_override)
+        if kwargs and label_weight is None and weight is None:
+            raise GHMArgumentError(
+                f'label_weight: GHMC got none, and unknown keyword arguments {sorted(kwargs)} '
+                '(a misspelt label_weight?); give label_weight, or drop the unknown arguments to '
+                'take every element as valid')
         if weight is not None:
             if label_weight is None:
                 label_weight = weight
@@ -192,7 +195,7 @@ class GHMC(_GHMLoss):
         # Synced on the CPU, bad labels on one rank travel in the all-reduce as poison, and then
         # every rank raises (one rank raising alone would leave the others in the collective).
         deferred = isinstance(pred, Tensor) and pred.device.type == 'cpu' \
-            and self._syncs_with_other_ranks()
+            and self.density.synchronizes()
         x = ghmc_inputs(pred, target, label_weight, check_labels_now=not deferred,
                         backend_checks_labels=isinstance(pred, Tensor)
                         and backend_checks_labels(pred))
@@ -236,7 +239,8 @@ class GHMR(_GHMLoss):
         """GHM-R loss.
 
         Args:
-            pred: box regression output, e.g. (N, 4); any floating dtype (computed in float32).
+            pred: box regression output, e.g. (N, 4); any floating dtype (float64 computed in
+                float64, others in float32).
             target: regression targets of pred's shape.
             label_weight: None (all valid), pred's shape or a shape broadcasting to it; valid
                 where > 0, and the normalizer is the sum of the weights as given (as mmdet).
@@ -248,7 +252,7 @@ class GHMR(_GHMLoss):
         mu = check_mu_for(self.mu, x.pred)
         # weights summing to NaN or +inf make mmdet's loss NaN: on the CPU a ValueError;
         # synced, after the all-reduce that every rank joins (each skips the call)
-        on_cpu, synced = x.pred.device.type == 'cpu', self._syncs_with_other_ranks()
+        on_cpu, synced = x.pred.device.type == 'cpu', self.density.synchronizes()
         tot = x.tot
         bad_here = on_cpu and tot is not None and _nan_or_plus_inf(tot.item())
         if bad_here and not synced:

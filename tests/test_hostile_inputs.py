@@ -71,6 +71,28 @@ def test_out_of_range_labels_on_the_device_path_give_nan_and_keep_the_state():
     assert torch.equal(density.acc_sum, state)
 
 
+@pytest.mark.parametrize('bad', ['label', 'score'])
+def test_bad_quality_pair_on_the_device_path_gives_nan_and_keeps_the_state(bad):
+    """What a CUDA call of GHMC does with a (labels, scores) pair out of range: the input check
+    returns poison instead of raising (no host read), the Triton path gives NaN, state kept."""
+    from mmdet_ghm.inputs import ghmc_inputs
+    density = GradientDensity(10, 0.75)
+    pred, labels, scores = torch.randn(8, 3), torch.randint(0, 4, (8,)), torch.rand(8)
+    x = ghmc_inputs(pred, (labels, scores), None, check_labels_now=False)
+    assert not x.poison
+    ghmc_loss(x.pred, None, x.soft_target, None, density, poison=x.poison, backend='triton')
+    state = density.acc_sum.clone()
+    if bad == 'label':
+        labels[3] = 4
+    else:
+        scores[3] = 1.5
+    x = ghmc_inputs(pred, (labels, scores), None, check_labels_now=False)
+    loss = ghmc_loss(x.pred, None, x.soft_target, None, density, poison=x.poison,
+                     backend='triton')
+    assert torch.isnan(loss)
+    assert torch.equal(density.acc_sum, state)
+
+
 def test_bias_correction_removes_the_first_weights_inflation():
     momentum = 0.75
     pred, labels = torch.randn(200, 6) * 3, torch.randint(0, 7, (200,))
@@ -579,9 +601,10 @@ def test_ghmr_weights_summing_to_minus_inf_give_mmdets_number(weights):
 
 @pytest.mark.parametrize('backend', ['cpu', 'triton'])
 def test_narrow_label_dtypes_mean_the_same_classes(backend):
-    """uint8 labels with C >= 256 (int8 with C >= 128): PyTorch compares them with C in their
-    own dtype, where C wraps (mmdet's one-hot then drops those classes). They mean what int64
-    labels mean, also in a (labels, scores) pair."""
+    """Labels of any integer dtype mean what int64 labels mean, also in a (labels, scores) pair
+    and given to ghmc_loss directly. uint8 labels with C >= 256 (int8 with C >= 128): PyTorch
+    compares them with C in their own dtype, where C wraps (mmdet's one-hot then drops those
+    classes); narrow labels that hold C must still index the classes."""
     from mmdet_ghm.inputs import ghmc_inputs
 
     def run(p, target, backend):
@@ -589,15 +612,26 @@ def test_narrow_label_dtypes_mean_the_same_classes(backend):
         i = ghmc_inputs(p, target, None)
         return ghmc_loss(i.pred, i.labels, i.soft_target, None, density, backend=backend)
 
+    def run_directly(p, labels, backend):
+        return ghmc_loss(p, labels, None, None, GradientDensity(30, 0.75), backend=backend)
+
     scores = torch.rand(6)
     for classes, labels, dtype in ((300, [5, 250, 255, 0, 17, 128], torch.uint8),
-                                   (150, [3, 100, 120, 127, 0, 7], torch.int8)):
+                                   (150, [3, 100, 120, 127, 0, 7], torch.int8),
+                                   (7, [0, 7, 2, 6, 7, 3], torch.uint8),
+                                   (7, [0, 7, 2, 6, 7, 3], torch.int8),
+                                   (7, [0, 7, 2, 6, 7, 3], torch.int16),
+                                   (7, [0, 7, 2, 6, 7, 3], torch.int32)):
         pred, wide = torch.randn(6, classes) * 2, torch.tensor(labels)
         for target, narrow in ((wide, wide.to(dtype)), ((wide, scores), (wide.to(dtype), scores))):
             got = _loss_and_grad(lambda p: run(p, narrow, backend), pred)
             ref = _loss_and_grad(lambda p: run(p, target, 'cpu'), pred)
             torch.testing.assert_close(got[0], ref[0], rtol=1e-6, atol=0)
             torch.testing.assert_close(got[1], ref[1], rtol=1e-6, atol=1e-9)
+        got = _loss_and_grad(lambda p: run_directly(p, wide.to(dtype), backend), pred)
+        ref = _loss_and_grad(lambda p: run_directly(p, wide, 'cpu'), pred)
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(got[1], ref[1], rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match='labels must lie'):  # still checked, now in int64
         GHMC()(torch.randn(2, 300), torch.tensor([5, 301]).to(torch.int16))
 
@@ -938,3 +972,19 @@ def test_ghmc_loss_of_saturated_negatives_is_within_mmdets_rounding(backend):
     ours = float(ghmc_loss(pred, labels, None, weight, GradientDensity(10), backend=backend))
     assert abs(ours - exact) <= bound and abs(ours - mmdet) <= bound
     assert float(F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred))) == mmdet
+
+
+def test_a_misspelt_label_weight_is_not_taken_for_all_valid():
+    """``label_weights=`` (the anchor head's variable name): mmdet's GHMC raises, as it requires
+    label_weight; ours must not take every element as valid. With label_weight given, unknown
+    keywords are ignored, as mmdet's GHMC ignores them."""
+    torch.manual_seed(0)
+    pred, labels = torch.randn(20, 4), torch.randint(0, 5, (20,))
+    label_weight = (torch.rand(20) > 0.5).float()
+    with pytest.raises(TypeError):
+        MMDetGHMC()(pred, labels, label_weights=label_weight)
+    with pytest.raises(ValueError, match=r"label_weight.*\['label_weights'\]"):
+        GHMC()(pred, labels, label_weights=label_weight)
+    ours = GHMC()(pred, labels, label_weight, unknown=1)
+    torch.testing.assert_close(ours, MMDetGHMC()(pred, labels, label_weight, unknown=1))
+    assert GHMC()(pred, labels, weight=label_weight, unknown=1) == ours

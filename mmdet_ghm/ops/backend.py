@@ -12,17 +12,21 @@ below. Every element falls in one *slot* (``bins + 2`` slots)::
 Order of calls: :meth:`GHMBackend.histogram` once in the forward, then :meth:`GHMBackend.weigh`
 (the density's update and the reduced loss); then, for ``reduction='none'`` only,
 :meth:`GHMBackend.elementwise_loss`; then :meth:`GHMBackend.grad` once per backward. A reduced
-loss needs no second pass: it is ``dot(slot loss sums, slot weights)``. Between forward
-and backward the C++ and Triton GHM-C backends keep nothing of the input's size; the PyTorch CPU
-passes keep one uint8 slot per element (see :mod:`mmdet_ghm.ops.cpu_passes` for why).
+loss needs no second pass: it is ``dot(slot loss sums, slot weights)``. Kept between forward
+and backward besides the detached inputs: nothing by the Triton backends; by the C++ GHM-C
+backend nothing of the input's size, but for per-element weights (a validity byte per element)
+and ``reduction='none'`` (every element's slot); by the PyTorch CPU passes and the C++ GHM-R
+backend every element's slot (one byte up to 253 bins, see :mod:`mmdet_ghm.ops.cpu_passes` for
+why), and for C++ GHM-R the root ``sqrt(d^2 + mu^2)``.
 
 Constructors (the Function calls them; the arguments are already validated and detached):
 
 - GHM-C: ``backend(pred (M, C), labels (M,) int or None, target (M, C) float or None,
-  weight None | (M,) | (M, C), binning)``: integer labels in [0, C] (C = background) or a
-  float target (any values; g outside every bin goes to slot bins + 1). The Triton backend
-  checks the labels' range itself (the CPU ones get checked labels): the histogram counts an
-  element with a label outside [0, C] in slot bins + 1 with a NaN loss, so the call is rejected.
+  weight None | (M,) | (M, C), binning)``: integer labels in [0, C] (C = background, in a dtype
+  that holds C) or a float target (any values; g outside every bin goes to slot bins + 1). The
+  Triton backend checks the labels' range itself (the CPU ones get checked labels): the
+  histogram counts an element with a label outside [0, C] in slot bins + 1 with a NaN loss, so
+  the call is rejected.
 - GHM-R: ``backend(pred, target, weight None | pred's shape, binning, mu)``.
 
 ``binning`` is a :class:`mmdet_ghm.binning.Binning` (bins and float32 edges).
@@ -37,12 +41,6 @@ from torch import Tensor
 EPS32 = torch.finfo(torch.float32).eps
 # The reduction as the fused weighings (the C++ function and the Triton kernel) take it.
 REDUCTION_CODES = dict(none=0, mean=1, sum=2)
-
-
-def compute_dtype(pred: Tensor) -> torch.dtype:
-    """The arithmetic's dtype: float64 stays float64 (mmdet's numbers for a model.double()),
-    anything else float32."""
-    return torch.float64 if pred.dtype == torch.float64 else torch.float32
 
 
 def slot_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
@@ -83,9 +81,9 @@ class GHMBackend(abc.ABC):
             slot_counts: int64 ``(bins + 2,)``, the number of elements in each slot.
             slot_loss_sums: float64 ``(bins + 2,)``, the sum of the elements' *unweighted*
                 loss (BCE-with-logits for GHM-C, ASL1 ``sqrt(d^2 + mu^2) - mu`` for GHM-R,
-                formed in float32 per element) in each slot. The reduced loss is
+                formed in the compute dtype per element) in each slot. The reduced loss is
                 ``sum(slot_loss_sums[1:-1] * slot_weight[1:-1])``. A non-finite sum in slots
-                ``1 .. bins + 1`` means a non-finite loss of a valid element: the Function
+                ``1 .. bins + 1`` means a non-finite loss of a valid element: :meth:`weigh`
                 rejects the call (slot 0, the invalid elements, may hold anything).
         """
 
@@ -130,9 +128,9 @@ class GHMBackend(abc.ABC):
 
     @abc.abstractmethod
     def elementwise_loss(self, slot_weight: Tensor, loss_weight: float) -> Tensor:
-        """float32 ``loss * slot_weight[slot] * loss_weight`` per element, pred's shape
-        (``reduction='none'``), in mmdet's rounding order. Invalid elements (weight 0) give 0
-        whatever their loss."""
+        """``loss * slot_weight[slot] * loss_weight`` per element, in the compute dtype and
+        pred's shape (``reduction='none'``), in mmdet's rounding order. Invalid elements (weight
+        0) give 0 whatever their loss."""
 
     @abc.abstractmethod
     def grad(self, slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Tensor],
@@ -155,5 +153,5 @@ class GHMBackend(abc.ABC):
         """The caller's tensors other than pred (or views sharing their version counter) that
         :meth:`grad` reads again. The Function saves them for backward, so that autograd
         rejects one modified in place after the forward instead of a gradient computed from the
-        modified values. None by default: a backend that keeps what it needs reads nothing."""
+        modified values. Nothing by default: a backend that keeps what it needs reads nothing."""
         return ()

@@ -7,7 +7,8 @@ stay in cache between ops, each exact op still splits across PyTorch's intra-op 
 forward reads the logits once: sigmoid -> slot -> count, and the element's BCE into its slot's loss
 sum. The backward reads them once more and writes the gradient once.
 
-Kept between forward and backward: one uint8 slot per element (a quarter of the logits' bytes).
+Kept between forward and backward: one slot per element (uint8 up to 253 bins, a quarter of the
+logits' bytes; int64 beyond).
 Recomputing it would mean a second sigmoid and binning in the backward, about as much work again
 as the gradient itself; the byte makes the backward one sigmoid, one gather and one multiply.
 
@@ -26,14 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..inputs import mu_squared
-from .backend import GHMBackend, compute_dtype, slot_factors
+from ..inputs import compute_dtype, labelled_rows, mu_squared
+from .backend import GHMBackend, slot_factors
 
 CHUNK = 1 << 18
 # at::internal::GRAIN_SIZE: an element-wise op on fewer elements runs on one thread
 GRAIN_SIZE = 1 << 15
-# The vectorized loop takes 2 vectors a step (at most 2 x 16 float32 lanes); shorter tails
-# are computed by the scalar loop, whose last bit differs: pad to a multiple of this.
+# The vectorized loop takes 2 vectors a step (2 x 16 float32 lanes with AVX-512, 2 x 8 with
+# AVX2); shorter tails are computed by the scalar loop, whose last bit differs: pieces are a
+# multiple of 64, a multiple of either step.
 VECTOR_STEP = 64
 
 
@@ -111,25 +113,19 @@ def _fold(spread_counts: Tensor, num_slots: int) -> Tensor:
     return spread_counts.view(SPREAD_COPIES, SPREAD_STRIDE).sum(0)[:num_slots]
 
 
-def count_slots(slots: Tensor, num_slots: int, loss: Optional[Tensor] = None,
-                work: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Optional[Tensor]]:
-    """int64 ``(num_slots,)`` histogram of flat slots and, with ``loss``, the float64 sum of the
-    loss in each slot. ``work``: optional uint8 and float64 buffers of the slots' size."""
-    loss64 = None
-    if loss is not None:
-        loss64 = loss.double() if work is None else work[1].copy_(loss)
+def count_slots(slots: Tensor, num_slots: int, loss: Tensor,
+                work: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+    """int64 ``(num_slots,)`` histogram of flat slots and the float64 sum of the loss in each
+    slot. ``work``: optional uint8 and float64 buffers of the slots' size."""
+    loss64 = loss.double() if work is None else work[1].copy_(loss)
     if slots.dtype != torch.uint8 or num_slots > SPREAD_STRIDE:
-        counts = torch.bincount(slots, minlength=num_slots)
-        sums = None if loss is None else torch.bincount(slots, weights=loss64,
-                                                        minlength=num_slots)
-        return counts, sums
+        return (torch.bincount(slots, minlength=num_slots),
+                torch.bincount(slots, weights=loss64, minlength=num_slots))
     spread = torch.add(slots, _spread_offsets(slots.numel()),
                        out=None if work is None else work[0])
     size = SPREAD_COPIES * SPREAD_STRIDE
-    counts = _fold(torch.bincount(spread, minlength=size), num_slots)
-    sums = None if loss is None else _fold(
-        torch.bincount(spread, weights=loss64, minlength=size), num_slots)
-    return counts, sums
+    return (_fold(torch.bincount(spread, minlength=size), num_slots),
+            _fold(torch.bincount(spread, weights=loss64, minlength=size), num_slots))
 
 
 def _slot_pair_table(slot_table: Tensor) -> Optional[Tensor]:
@@ -198,7 +194,7 @@ class ClassificationCPU(GHMBackend):
                 self.element_valid = valid.view(-1)
         self.positives = self.positive_rows = None
         if labels is not None:
-            rows = ((labels >= 0) & (labels < self.C)).nonzero().view(-1)  # as mmdet's one-hot
+            rows = labelled_rows(labels, self.C).nonzero().view(-1)
             self.positive_rows = rows
             self.positives = rows * self.C + labels[rows]  # ascending
         self.slots: Optional[Tensor] = None  # histogram() fills one per element
@@ -243,10 +239,14 @@ class ClassificationCPU(GHMBackend):
         edges = torch.tensor([a for a, _ in self._chunks()] + [self.numel])
         return torch.searchsorted(self.positives, edges).tolist()
 
+    def _positive_sigmoid(self) -> Tuple[Tensor, Tensor]:
+        """Logits and sigmoid of the positives, in the compute dtype."""
+        x = self.x[self.positives].to(self.dtype)
+        return x, _exact(torch.sigmoid, x, torch.empty_like(x))
+
     def _positive_terms(self) -> Tuple[Tensor, Tensor, Tensor]:
         """sigmoid, BCE = softplus(-x) and validity (0/1) of the positives."""
-        x = self.x[self.positives].to(self.dtype)
-        s = _exact(torch.sigmoid, x, torch.empty_like(x))
+        x, s = self._positive_sigmoid()
         bce = _softplus_from_sigmoid(-x, s)  # q = min(s, 1 - s) is the same for -x
         if self.element_valid is not None:
             valid = self.element_valid[self.positives]
@@ -291,7 +291,7 @@ class ClassificationCPU(GHMBackend):
     def _positive_grad(self, slots: Tensor, slot_scale: Tensor, go: Optional[Tensor],
                        loss_weight: float) -> Tensor:
         """The positives' gradient (s - 1) * factor, in the compute dtype; ``slots``: theirs."""
-        s, _, _ = self._positive_terms()
+        _, s = self._positive_sigmoid()
         scale = slot_scale[slots.long()]
         if go is not None:
             scale = (go[self.positives].to(self.dtype) * loss_weight) * scale
@@ -356,7 +356,7 @@ class ClassificationCPU(GHMBackend):
 class RegressionCPU(GHMBackend):
     """GHM-R (Authentic Smooth L1) on pred/target of any equal shape and strides; ``weight`` None
     or the same shape, valid where > 0. Regression inputs are small (N x 4): whole-tensor ops;
-    kept between forward and backward: the uint8 slots."""
+    kept between forward and backward: the slots."""
 
     def __init__(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], binning,
                  mu: float):

@@ -16,9 +16,10 @@ from torch import Tensor
 
 from ..binning import Binning
 from ..density import GradientDensity
-from ..inputs import GHMArgumentError, mu_squared
+from ..inputs import (GHMArgumentError, compute_dtype, mu_squared, scatter_to_classes,
+                      wide_enough_labels)
 from . import cpu_passes, native_passes
-from .backend import compute_dtype, slot_factors
+from .backend import slot_factors
 
 BACKENDS = (None, 'cpu', 'triton')
 try:  # what Function.apply calls outside torch.func transforms (see _apply)
@@ -156,12 +157,8 @@ def _ghmc_torch_grad(labels, target, weight):
     (-x * factor for the target)."""
     def grad(pred, binning: Binning, slot_scale, grad_out, loss_weight, with_target):
         x = pred.to(compute_dtype(pred))
-        if labels is not None:  # one-hot without F.one_hot's range check (a host sync on CUDA)
-            M, C = x.shape
-            inside = (labels >= 0) & (labels < C)
-            index = torch.where(inside, labels, C).long()[:, None]  # scatter_ takes int64
-            t = x.new_zeros(M, C + 1).scatter_(1, index, 1.0)
-            t = t[:, :C]
+        if labels is not None:
+            t = scatter_to_classes(labels, x.shape[1], 1.0, x.dtype)
         else:
             t = target.to(x.dtype)
         s = torch.sigmoid(x)
@@ -201,7 +198,7 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
     Args:
         pred: (M, C) logits (C may be 0), any floating dtype (float64 computed in float64,
             others in float32).
-        labels: (M,) integer labels in [0, C] (C = background), or None.
+        labels: (M,) integer labels in [0, C] (C = background), any integer dtype, or None.
         target: (M, C) float targets when ``labels`` is None; elements whose g = |sigmoid(x) - t|
             falls outside every bin (t outside [0, 1]) get weight 0 and are not counted (mmdet).
         weight: None, (M,) per row or (M, C) per element; valid where > 0 in its own dtype
@@ -219,6 +216,8 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
         a valid element is not finite (NaN logits, or an infinite logit on the wrong side).
     """
     choose_backend, on_device = _backend_chooser(pred.device, backend, 'Classification')
+    if labels is not None:  # the backends compare labels with C in the labels' dtype
+        labels = wide_enough_labels(labels, pred.shape[-1])
 
     def message(here: bool) -> str:
         where = 'on this rank' if here else 'on another rank (sync_across_ranks)'

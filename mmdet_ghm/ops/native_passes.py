@@ -115,7 +115,8 @@ def library() -> Optional[ctypes.CDLL]:
         lib = ctypes.CDLL(path)
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
         warnings.warn(f'mmdet_ghm could not build its C++ CPU kernels ({e}); GHM-C and GHM-R on '
-                      'CPU use the PyTorch passes instead (same numbers, 2-4x slower). Set '
+                      'CPU use the PyTorch passes instead (same counts, state and gradient, '
+                      'the loss within float32 rounding; 2-4x slower). Set '
                       'CXX to a C++17 compiler with OpenMP, or MMDET_GHM_NATIVE=0 to silence '
                       'this.', RuntimeWarning)
         return None
@@ -154,7 +155,7 @@ def _float32_factors(slot_weight: Tensor, grad_out: Tensor, divisor: Optional[Te
 
 class _NativeWeighing:
     """:meth:`~.backend.GHMBackend.weigh` in one C++ call (``ghm_weigh``, the twin of the Triton
-    weighing kernel) instead of some 30 tiny PyTorch ops. Under ``sync_across_ranks`` with
+    weighing kernel) instead of some 50 tiny PyTorch ops. Under ``sync_across_ranks`` with
     several ranks, with ``bias_correction`` (its float64 ``pow``), and for a state or ``tot``
     that is not a plain float32 CPU tensor (another device or dtype, strided, or wrapped by a
     torch.func transform): the PyTorch ops."""

@@ -11,8 +11,9 @@ between them:
    slot weights and the reduced loss ``dot(loss sums, slot weights)`` in one program.
 2. grad (backward): one read and one write, ``dloss/dx * factor[slot]``.
 
-``reduction='none'`` adds :func:`ghmc_elementwise_loss_kernel` (the per-element output needs the
-weights, known only after the histogram).
+``reduction='none'`` adds :func:`ghmc_elementwise_loss_kernel` or
+:func:`ghmr_elementwise_loss_kernel` (the per-element output needs the weights, known only after
+the histogram).
 
 Binning (one rule, :func:`_slot_of`): mmdet's ``edges[i] <= g < edges[i + 1]`` on the density's
 float32 edges. ``floor(g * bins)`` is within one bin of it (the product rounds monotonically and
@@ -71,15 +72,15 @@ def sigmoid_kernel(x_ptr, s_ptr, numel, EXACT: tl.constexpr, BLOCK: tl.constexpr
 @triton.jit
 def _slot_of(g, edges_ptr, BINS: tl.constexpr):
     """Slot of gradient norm g >= 0: 1 + bin, BINS + 1 when g is NaN or >= the last edge."""
-    finite = g == g
-    b = tl.floor(tl.where(finite, g, 0.0) * BINS)
+    not_nan = g == g
+    b = tl.floor(tl.where(not_nan, g, 0.0) * BINS)
     b = tl.minimum(tl.maximum(b, 0.0), BINS - 1.0).to(tl.int32)
     # the estimate is off by one at most, right at a boundary: compare with the float32 edges
     # (promoted to g's dtype, as mmdet's comparison does)
     lo = tl.load(edges_ptr + b).to(g.dtype)
     hi = tl.load(edges_ptr + b + 1).to(g.dtype)
     b = tl.where(g < lo, b - 1, tl.where(g >= hi, b + 1, b))
-    return tl.where(finite, b + 1, BINS + 1)
+    return tl.where(not_nan, b + 1, BINS + 1)
 
 
 @triton.jit
@@ -140,9 +141,9 @@ def _cls_inputs(pred_ptr, label_ptr, target_ptr, weight_ptr, base, lane, mask,
     else:
         bad = tl.zeros_like(mask)
         t = tl.load(target_ptr + base + lane, mask=mask, other=0).to(CDT)
-    if WEIGHT == 1:
+    if WEIGHT == 1:  # WEIGHT_ROW
         valid = mask & _positive(tl.load(weight_ptr + row, mask=mask, other=0))
-    elif WEIGHT == 2:
+    elif WEIGHT == 2:  # WEIGHT_ELEMENT
         valid = mask & _positive(tl.load(weight_ptr + base + lane, mask=mask, other=0))
     else:
         valid = mask
@@ -387,7 +388,7 @@ def ghm_weigh_kernel(counts_ptr, sums_ptr, acc_ptr, updates_ptr, tot_ptr, poison
                      HAS_POISON: tl.constexpr, EMA: tl.constexpr, REDUCTION: tl.constexpr,
                      CDT: tl.constexpr):
     """Everything between the histogram and the backward in one program (one launch instead of
-    some 40 small ops), with :meth:`GradientDensity.update`'s rounding: the EMA state updated in
+    some 50 small ops), with :meth:`GradientDensity.update`'s rounding: the EMA state updated in
     place, the slot weights, the skip flag (non-finite loss sums of a valid element, a
     tot NaN or +inf, or poison), and for a reduced loss (REDUCTION 1 'mean', 2 'sum') the loss and
     the divisor the backward divides by. ``keep`` is the Python double ``1 - momentum``."""

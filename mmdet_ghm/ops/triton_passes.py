@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..inputs import wide_enough_labels
+from ..inputs import compute_dtype
 from . import triton_kernels as K
 from .backend import REDUCTION_CODES, GHMBackend, Weighing
 
@@ -61,11 +61,10 @@ def _loadable(t: Optional[Tensor]) -> Optional[Tensor]:
     return t.view(torch.uint8) if t.dtype == torch.bool else t
 
 
-def _compute_dtype(pred: Tensor):
-    """(torch dtype, triton dtype) of the arithmetic: float64 for float64 pred, else float32."""
-    if pred.dtype == torch.float64:
-        return torch.float64, K.tl.float64
-    return torch.float32, K.tl.float32
+def _compute_dtypes(pred: Tensor):
+    """(torch dtype, triton dtype) of the arithmetic (:func:`~mmdet_ghm.inputs.compute_dtype`)."""
+    dtype = compute_dtype(pred)
+    return dtype, K.tl.float64 if dtype == torch.float64 else K.tl.float32
 
 
 def _launch_options(block: int, warps: int, fp_fusion: bool) -> dict:
@@ -155,13 +154,11 @@ class ClassificationTriton(_TritonBackend):
     def __init__(self, pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
                  weight: Optional[Tensor], binning):
         self.pred = pred.detach().contiguous()
-        if labels is not None:  # the kernels compare labels with C in the labels' dtype
-            labels = wide_enough_labels(labels, self.pred.shape[-1])
         self.labels, self.target, self.weight = map(_loadable, (labels, target, weight))
         self.edges = binning.edges.to(device=self.pred.device, dtype=torch.float32).contiguous()
         self.bins = binning.bins
         self.numel = self.pred.numel()
-        self.dtype, self.cdt = _compute_dtype(self.pred)
+        self.dtype, self.cdt = _compute_dtypes(self.pred)
         if weight is None:
             weight_mode = K.WEIGHT_NONE
         else:
@@ -224,7 +221,7 @@ class RegressionTriton(_TritonBackend):
         self.edges = binning.edges.to(device=self.pred.device, dtype=torch.float32).contiguous()
         self.bins = binning.bins
         self.numel = self.pred.numel()
-        self.dtype, self.cdt = _compute_dtype(self.pred)
+        self.dtype, self.cdt = _compute_dtypes(self.pred)
         # Python doubles: the kernels round them to the compute dtype, as PyTorch rounds a
         # Python scalar to the tensor's dtype (mmdet adds the double mu * mu)
         self.mu, self.mu_sq = float(mu), float(mu) * float(mu)
