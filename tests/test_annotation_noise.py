@@ -95,6 +95,8 @@ def test_flips_and_jitters_are_drawn_among_kept_boxes():
     (dict(jitter=0.2, jitter_scale=0.5), r'jitter_scale must be in \(0, 0.5\)'),
     (dict(dropped=0.3), 'unknown key'),
     (dict(seed=1.5), 'seed must be an integer'),
+    (dict(seed=True), 'seed must be an integer'),
+    (dict(drop='x'), r'annotation_noise\.drop must be a number'),
 ])
 def test_bad_noise_config(noise, match):
     with pytest.raises(ValueError, match=match):

@@ -162,3 +162,63 @@ def test_checked_coco_loads_a_present_dataset(tmp_path):
                              data_prefix=dict(img='val/'), metainfo=dict(classes=SHAPE_CLASSES),
                              test_mode=True, pipeline=[]))
     assert len(ds) == 3 and osp.isfile(ds[0]['img_path'])
+
+
+def test_checked_coco_leaves_other_storage_backends_to_coco_dataset(tmp_path):
+    """A file backend other than the local disk (petrel, s3, ... : here one that maps a URI
+    prefix onto a folder) is CocoDataset's to read: no local-path check refuses it."""
+    from mmengine.fileio import LocalBackend, register_backend
+    from mmdet.registry import DATASETS
+    from mmdet_ghm.datasets import SHAPE_CLASSES, generate_split
+    root = str(tmp_path / 'remote')
+    generate_split(root, 'val', 2, seed=1)
+    prefix = 'ghmtest://root/'
+
+    class MappedBackend(LocalBackend):
+        def _local(self, path):
+            return osp.join(root, str(path)[len(prefix):])
+
+        def get(self, path):
+            return super().get(self._local(path))
+
+        def get_text(self, path, encoding='utf-8'):
+            return super().get_text(self._local(path), encoding)
+
+        def get_local_path(self, path):
+            return super().get_local_path(self._local(path))
+
+        def join_path(self, path, *paths):
+            return '/'.join([path.rstrip('/')] + [p.strip('/') for p in paths])
+
+    register_backend('ghmtest', MappedBackend, prefixes='ghmtest', force=True)
+    args = dict(backend='ghmtest')
+    ds = DATASETS.build(dict(type='CheckedCocoDataset', data_root=prefix,
+                             ann_file='annotations/instances_val.json',
+                             data_prefix=dict(img='val/'), metainfo=dict(classes=SHAPE_CLASSES),
+                             backend_args=args, test_mode=True,
+                             pipeline=[dict(type='LoadImageFromFile', backend_args=args)]))
+    assert len(ds) == 2 and ds[0]['img'].shape == (160, 160, 3)
+
+
+def test_checks_accept_a_truthy_use_sigmoid_and_class_agnostic_rpn_stages():
+    """use_sigmoid=1 (e.g. from --cfg-options) builds a sigmoid head in mmdet; the RPN stages of
+    Cascade RPN under rpn_head are class-agnostic (num_classes 1) like rpn_head itself."""
+    from mmdet.registry import MODELS
+    from mmdet_ghm.engine import check_ghm_heads, check_num_classes
+    cfg = _load(SHAPES_GHM)
+    head_cfg = copy.deepcopy(cfg.model.bbox_head)
+    head_cfg.loss_cls.use_sigmoid = 1
+    head = MODELS.build(head_cfg)
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bbox_head = head
+            rpn = torch.nn.Module()
+            rpn.stages = torch.nn.ModuleList([copy.deepcopy(head)])
+            rpn.stages[0].num_classes = 1
+            self.rpn_head = rpn
+
+    model = Detector()
+    check_ghm_heads(model)
+    check_num_classes(model, ('a', 'b', 'c', 'd', 'e'))

@@ -133,3 +133,5 @@ def test_bad_split_specs_are_value_errors():
         split_spec('train', 10, -1, 160)
     with pytest.raises(ValueError, match='need num_images >= 1'):
         split_spec('train', 0, 0, 160)
+    with pytest.raises(ValueError, match='num_images must be an integer, got 2.7'):
+        split_spec('train', 2.7, 0, 160)

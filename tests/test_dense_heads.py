@@ -434,3 +434,66 @@ def test_weight_keyword_and_mmdet_weight_shapes():
     with pytest.warns(UserWarning, match='weight is ignored'):
         both = GHMC(10)(pred, target, rows, weight=torch.ones_like(rows))
     assert torch.equal(both, ours)
+
+
+# Box-loss attributes of mmdet's dense heads that GHM-R does not serve (decoded or pseudo boxes,
+# quality or distribution losses, a loss the head never calls): GHMCheckHook must stop GHM-R
+# there. GHM-R serves the cases' own ``ghmr`` attributes (test_dense_head_with_ghm).
+GHMR_REFUSED = {
+    'GA-RetinaNet': ('loss_shape',), 'ATSS': ('loss_bbox',), 'FCOS': ('loss_bbox',),
+    'NAS-FCOS': ('loss_bbox',), 'SABL': ('loss_bbox_cls',),
+    'RepPoints': ('loss_bbox', 'loss_bbox_init', 'loss_bbox_refine'), 'YOLOF': ('loss_bbox',),
+    'VFNet': ('loss_bbox', 'loss_bbox_refine'), 'YOLOX': ('loss_bbox',),
+    'YOLOv3': ('loss_xy', 'loss_wh'), 'TOOD': ('loss_bbox',), 'PAA': ('loss_bbox',),
+    'FSAF': ('loss_bbox',), 'AutoAssign': ('loss_bbox',), 'GFL': ('loss_bbox', 'loss_dfl'),
+    'RTMDet': ('loss_bbox',), 'FreeAnchor': ('loss_bbox',), 'CenterNet-update': ('loss_bbox',),
+    'DDOD': ('loss_bbox', 'loss_iou'), 'LD': ('loss_bbox', 'loss_dfl', 'loss_ld'),
+}
+
+
+def test_every_box_loss_of_the_cases_is_served_or_refused():
+    """A new case (or a head's new loss) must say what GHM-R does with each of its losses."""
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    for case in CASES:
+        if case.build_error:
+            continue
+        head = MODELS.build(_head_cfgs(case)[0])
+        losses = {n for n, _ in head.named_children() if n.startswith('loss')}
+        box_losses = losses - set(case.ghmc) - {'loss_cls', 'loss_obj', 'loss_conf',
+                                                'loss_centerness', 'loss_loc', 'loss_l1'}
+        refused = GHMR_REFUSED.get(case.name.split(' (')[0], ())  # 'TOOD (warm-up)': TOOD
+        assert box_losses == set(case.ghmr) | set(refused), case.name
+
+
+@pytest.mark.parametrize('name', sorted(GHMR_REFUSED))
+def test_ghmr_where_it_does_not_apply_is_stopped(name):
+    from mmdet.registry import MODELS
+    from mmdet_ghm.engine import check_ghm_heads
+    init_default_scope('mmdet')
+    case = next(c for c in CASES if c.name == name)
+    head_cfg = _head_cfgs(case)[0]
+    for attr in GHMR_REFUSED[name]:
+        cfg = copy.deepcopy(head_cfg)
+        cfg[attr] = _loss_cfg('GHMR', head_cfg.get(attr, {}), None)
+        model = torch.nn.Module()
+        model.bbox_head = MODELS.build(cfg)
+        with pytest.raises(ValueError, match=rf'bbox_head\.{attr} is GHMR, but GHM-R does not '
+                                             rf'apply to {type(model.bbox_head).__name__}'):
+            check_ghm_heads(model)
+
+
+def test_ghmc_in_a_two_stage_box_head_is_stopped():
+    """RoI box heads classify with num_classes + 1 softmax outputs whatever use_sigmoid says."""
+    from mmdet.registry import MODELS
+    from mmdet_ghm.engine import check_ghm_heads
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(osp.join(MMDET_CONFIGS, 'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'))
+    head_cfg = copy.deepcopy(cfg.model.roi_head.bbox_head)
+    head_cfg.loss_cls = dict(GHMC_CFG, loss_weight=1.0)
+    model = torch.nn.Module()
+    model.roi_head = torch.nn.Module()
+    model.roi_head.bbox_head = MODELS.build(head_cfg)
+    with pytest.raises(ValueError, match=r'roi_head\.bbox_head\.loss_cls is GHMC, but GHM-C '
+                                         r'does not apply to Shared2FCBBoxHead \(a BBoxHead\)'):
+        check_ghm_heads(model)

@@ -66,3 +66,31 @@ def test_main_job_prints_where_things_are(tmp_path):
     # --tensorboard: event files beside the local records, and the command to open them
     assert glob.glob(str(tmp_path / 'work' / '*' / 'vis_data' / 'events.out.tfevents.*'))
     assert f'tensorboard --logdir {tmp_path / "work"}' in summary
+
+
+def test_main_job_without_density_records_still_reports(tmp_path):
+    """A visualizer without LocalVisBackend writes no records file: the job says so and still
+    prints its summary (the figures are extras)."""
+    config = tmp_path / 'tensorboard_only.py'
+    config.write_text(f'_base_ = {CONFIG!r}\n'
+                      "visualizer = dict(vis_backends=[dict(type='TensorboardVisBackend')])\n")
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'main_job.py'), str(config),
+           '--work-dir', str(tmp_path / 'work'), '--density-interval', '2', '--cfg-options',
+           *SMALL_RUN]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert 'no density figures: no ' in proc.stdout and 'LocalVisBackend' in proc.stdout
+    summary = proc.stdout[proc.stdout.index('=== mmdet_ghm main job'):]
+    assert 'checkpoint:' in summary and 'figure:' not in summary
+
+
+def test_main_job_finds_ghm_losses_by_any_spelling_of_their_type():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('main_job', osp.join(REPO, 'tools',
+                                                                       'main_job.py'))
+    main_job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main_job)
+    from mmdet_ghm import GHMC
+    for kind in ('GHMC', 'mmdet.GHMR', GHMC):
+        assert main_job.uses_ghm(dict(bbox_head=dict(loss_cls=dict(type=kind))))
+    assert not main_job.uses_ghm(dict(bbox_head=dict(loss_cls=dict(type='mmdet.FocalLoss'))))

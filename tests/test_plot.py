@@ -24,7 +24,7 @@ from mmdet_ghm.diagnostics.plot import (asl1_error, find_records_file, focal_gra
 def _write_run(log_dir, iterations=6, interval=2, bbox_weight=1.0):
     """Records of a few 'iterations' of real GHMC/GHMR losses, written by the hook into
     ``log_dir/vis_data`` as in a run (``bbox_weight=0``: no positive anchor, GHM-R counts
-    nothing)."""
+    nothing; a function of the iteration index: that iteration's weight)."""
     head = nn.Module()
     head.loss_cls = GHMC(bins=30, momentum=0.75)
     head.loss_bbox = GHMR(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0)
@@ -44,7 +44,8 @@ def _write_run(log_dir, iterations=6, interval=2, bbox_weight=1.0):
         labels = torch.randint(0, 6, (2000,))
         head.loss_cls(logits, labels, torch.ones(2000))
         deltas = torch.randn(300, 4) * 0.1 / (1 + it)
-        head.loss_bbox(deltas, torch.zeros(300, 4), torch.full((300, 4), bbox_weight))
+        weight = bbox_weight(it) if callable(bbox_weight) else bbox_weight
+        head.loss_bbox(deltas, torch.zeros(300, 4), torch.full((300, 4), weight))
         hook.after_train_iter(runner, it)
     return log_dir / 'vis_data' / RECORDS_FILE
 
@@ -124,6 +125,19 @@ def test_a_loss_that_never_counted_is_skipped_with_a_warning(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / 'work'), '--max-curves', '0'])
     assert 'argument --max-curves: expected an integer >= 1, got 0' in capsys.readouterr().err
+
+
+def test_step_where_one_loss_is_empty_draws_the_others(tmp_path):
+    """--step N where GHM-R counted nothing at N (a batch without positives): GHM-R's
+    reweighted-gradient figure is skipped with a warning, every other figure is drawn."""
+    _write_run(tmp_path / 'work' / '20260101_000000', bbox_weight=lambda it: float(it != 3))
+    with pytest.warns(UserWarning, match='bbox_head.loss_bbox: no reweighted-gradient figure, '
+                                         'its record of iteration 4 is empty'):
+        written = plot_run(str(tmp_path / 'work'), step=4)
+    assert sorted(os.path.basename(p) for p in written) == [
+        'gradient_norm_distribution_bbox_head.loss_bbox.png',
+        'gradient_norm_distribution_bbox_head.loss_cls.png',
+        'reweighted_gradient_norm_bbox_head.loss_cls.png']
 
 
 def test_latest_run_of_a_work_dir_is_used(tmp_path):

@@ -61,9 +61,14 @@ def _fmt(value):
 
 
 def uses_ghm(cfg_node) -> bool:
-    """Whether a config (or a part of it) builds a GHMC/GHMR loss anywhere."""
+    """Whether a config (or a part of it) builds a GHMC/GHMR loss anywhere (also as
+    ``'mmdet.GHMC'``, a registry scope before the name, or as the class itself)."""
     if isinstance(cfg_node, dict):
-        return cfg_node.get('type') in GHM_LOSSES or any(uses_ghm(v) for v in cfg_node.values())
+        kind = cfg_node.get('type')
+        name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+        if name.rpartition('.')[2] in GHM_LOSSES:
+            return True
+        return any(uses_ghm(v) for v in cfg_node.values())
     if isinstance(cfg_node, (list, tuple)):
         return any(uses_ghm(v) for v in cfg_node)
     return False
@@ -131,11 +136,17 @@ def main(argv=None):
     if records_density:
         from mmdet_ghm.diagnostics import RECORDS_FILE
         from mmdet_ghm.diagnostics.plot import plot_run
-        try:
-            figures = plot_run(runner.work_dir, osp.join(runner.work_dir, 'ghm_plots'),
-                               records_file=osp.join(runner.log_dir, 'vis_data', RECORDS_FILE))
-        except ValueError as e:  # no loss counted an element: the metrics still count
-            print(f'no density figures: {e}')
+        records_file = osp.join(runner.log_dir, 'vis_data', RECORDS_FILE)
+        if not osp.isfile(records_file):  # the metrics still count
+            print(f'no density figures: no {records_file} (the records go to a LocalVisBackend '
+                  "in the config's visualizer, and the GHMDensityHook may not have recorded an "
+                  'iteration of this run)')
+        else:
+            try:
+                figures = plot_run(runner.work_dir, osp.join(runner.work_dir, 'ghm_plots'),
+                                   records_file=records_file)
+            except ValueError as e:  # no loss counted an element: the metrics still count
+                print(f'no density figures: {e}')
     minutes = (time.perf_counter() - start) / 60.0
     metrics_path = osp.join(runner.log_dir, 'metrics.json')
     with open(metrics_path, 'w') as f:

@@ -6,6 +6,7 @@ draws from its own random stream, and flips and jitters are drawn among the boxe
 so ``flip=0.2`` means 20 % of the annotations the model sees carry a wrong class.
 """
 import copy
+import numbers
 
 import numpy as np
 
@@ -23,6 +24,11 @@ def check_noise(noise: dict) -> dict:
                          f'expected some of {NOISE_KEYS}')
     out = dict(drop=0.0, flip=0.0, jitter=0.0, jitter_scale=0.2, seed=0)
     out.update(noise)
+    for key, value in out.items():
+        kind, what = (numbers.Integral, 'an integer') if key == 'seed' else (numbers.Real,
+                                                                            'a number')
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ValueError(f'annotation_noise.{key} must be {what}, got {value!r}')
     for key in ('drop', 'flip', 'jitter'):
         if not 0.0 <= float(out[key]) <= 1.0:
             raise ValueError(f'annotation_noise.{key} must be a fraction in [0, 1], '
@@ -30,7 +36,7 @@ def check_noise(noise: dict) -> dict:
     if not 0.0 < float(out['jitter_scale']) < 0.5:
         raise ValueError('annotation_noise.jitter_scale must be in (0, 0.5) (the largest edge '
                          f'move, as a fraction of the box side), got {out["jitter_scale"]!r}')
-    if int(out['seed']) != out['seed'] or int(out['seed']) < 0:
+    if out['seed'] < 0:
         raise ValueError(f'annotation_noise.seed must be an integer >= 0, got {out["seed"]!r}')
     return out
 

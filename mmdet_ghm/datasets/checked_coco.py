@@ -1,6 +1,8 @@
 """``CheckedCocoDataset``: mmdet's CocoDataset that first says what is missing, and where."""
 import os.path as osp
 
+from mmengine.fileio import LocalBackend, get_file_backend
+
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 
@@ -12,6 +14,8 @@ class CheckedCocoDataset(CocoDataset):
     Without COCO on disk, mmdet fails deep inside pycocotools with a bare ``FileNotFoundError``;
     this raises one that names the missing folder or file, the resolved location, and how to fix
     it. It loads, samples and evaluates exactly like ``CocoDataset`` once the files are there.
+    Paths on another storage backend (``backend_args``, or a URI prefix such as ``s3://``) are
+    left to ``CocoDataset``.
     """
 
     def full_init(self):
@@ -19,15 +23,22 @@ class CheckedCocoDataset(CocoDataset):
             self._check_files()
         super().full_init()
 
+    def _local(self, path: str) -> bool:
+        try:
+            # exactly the local disk: a backend built on it may map paths elsewhere
+            return type(get_file_backend(path, backend_args=self.backend_args)) is LocalBackend
+        except ImportError:  # a remote backend whose client is missing: CocoDataset says so
+            return False
+
     def _check_files(self):
         split = 'val/test' if self.test_mode else 'train'
         missing = []
-        if self.data_root and not osp.isdir(self.data_root):
+        if self.data_root and self._local(self.data_root) and not osp.isdir(self.data_root):
             missing.append(f'data_root {self.data_root!r} (-> {osp.abspath(self.data_root)})')
-        if not osp.isfile(self.ann_file):
+        if self._local(self.ann_file) and not osp.isfile(self.ann_file):
             missing.append(f'annotation file {self.ann_file!r} (-> {osp.abspath(self.ann_file)})')
         img_dir = self.data_prefix.get('img', '')
-        if img_dir and not osp.isdir(img_dir):
+        if img_dir and self._local(img_dir) and not osp.isdir(img_dir):
             missing.append(f'image folder {img_dir!r} (-> {osp.abspath(img_dir)})')
         if missing:
             raise FileNotFoundError(

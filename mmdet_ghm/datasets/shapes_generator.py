@@ -18,6 +18,7 @@ Command line: ``python -m mmdet_ghm.datasets.shapes_generator --data-root data/g
 import argparse
 import contextlib
 import json
+import numbers
 import os
 import os.path as osp
 import shutil
@@ -165,6 +166,9 @@ def split_spec(split, num_images, seed, image_size):
     """What identifies a generated split; stored in the annotation file's ``info``."""
     if split not in SPLIT_IDS:
         raise ValueError(f'split must be one of {sorted(SPLIT_IDS)}, got {split!r}')
+    for name, value in (('num_images', num_images), ('seed', seed), ('image_size', image_size)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f'{name} must be an integer, got {value!r}')
     if int(num_images) < 1 or int(image_size) < 64:
         raise ValueError(f'need num_images >= 1 and image_size >= 64, '
                          f'got {num_images}, {image_size}')

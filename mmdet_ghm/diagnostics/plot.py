@@ -250,8 +250,9 @@ def plot_run(work_dir: str, out_dir: Optional[str] = None, records_file: Optiona
              step: Optional[int] = None, focal_gamma: float = 2.0, smooth_l1_beta: float = 0.11,
              max_curves: int = 8) -> List[str]:
     """Write every figure of a run; returns the PNG paths. A loss whose records are all empty
-    (e.g. GHM-R in a run without positive anchors) is skipped with a warning; ValueError if
-    every loss is."""
+    (e.g. GHM-R in a run without positive anchors) is skipped with a warning, and so is the
+    reweighted-gradient figure of a loss whose record of ``step`` is empty; ValueError if every
+    loss is skipped, or ``step`` was not recorded."""
     records_file = records_file or find_records_file(work_dir)
     by_loss = load_records(records_file)
     if out_dir is None:
@@ -268,6 +269,11 @@ def plot_run(work_dir: str, out_dir: Optional[str] = None, records_file: Optiona
         plot_distribution(name, records, path, max_curves)
         written.append(path)
         if records[-1]['loss'] in ('GHMC', 'GHMR'):
+            if step is not None and any(r['step'] == step and not sum(r['counts'])
+                                        for r in records):
+                warnings.warn(f'{name}: no reweighted-gradient figure, its record of iteration '
+                              f'{step} is empty (no valid element was counted)', stacklevel=2)
+                continue
             path = osp.join(out_dir, f'reweighted_gradient_norm_{name}.png')
             plot_reweighted(name, records, path, step, focal_gamma, smooth_l1_beta)
             written.append(path)

@@ -6,10 +6,11 @@
   ``use_sigmoid=True``) trains them as independent sigmoids: it trains, then predicts nonsense.
 * ``num_classes`` of a head that disagrees with the dataset's classes: mmdet trains on it and
   reports per-class metrics for the wrong classes (or an index error, much later).
-* A GHM loss in a dense head whose calls it cannot serve (:data:`GHM_DOES_NOT_APPLY`: the head
-  never calls that loss, passes probabilities instead of logits, or calls it for another purpose
-  too), or with ``reduction='mean'`` where the head divides the loss by a count of its own
-  afterwards (:data:`HEAD_NORMALIZES`): it would train silently on something else than GHM.
+* A GHM loss in a head whose calls it cannot serve (:data:`GHM_DOES_NOT_APPLY`: the head
+  never calls that loss, passes probabilities instead of logits, computes a box loss on decoded
+  or pseudo boxes, classifies with a softmax, or calls the loss for another purpose too), or
+  with ``reduction='mean'`` where the head divides the loss by a count of its own afterwards
+  (:data:`HEAD_NORMALIZES`): it would train silently on something else than GHM.
 
 :class:`GHMCheckHook` runs the checks once the runner has built the model and the dataloaders of
 the run, before the first iteration. :func:`check_detector` does the same without a runner.
@@ -31,8 +32,41 @@ def _ghm_classes():
     return _ghmc_classes() + tuple({MODELS.get('GHMR'), MmdetGHMR} - {None})
 
 
+_DECODED_BOXES = ('it computes this loss on decoded boxes (an IoU-type loss, weighted per box), '
+                  'and GHM-R is Authentic Smooth L1 on encoded box deltas (mu and bins are set '
+                  'for those)')
+
 # Why a GHM loss cannot serve a head's loss attribute, by head class name (subclasses included).
+# GHM-R serves the delta regressions of RetinaNet, FoveaBox, GA-RetinaNet and SABL
+# (docs/dense_heads.md); the other box losses of mmdet's dense heads are listed here.
 GHM_DOES_NOT_APPLY = {
+    ('BBoxHead', 'loss_cls'):
+        'its classifier has num_classes + 1 outputs (background included) whatever use_sigmoid '
+        'says, and its predictions take their softmax; GHM-C is a sigmoid BCE for dense heads',
+    **{(head, 'loss_bbox'): _DECODED_BOXES
+       for head in ('ATSSHead', 'FCOSHead', 'YOLOFHead', 'GFLHead', 'DDODHead',
+                    'CenterNetUpdateHead', 'FSAFHead', 'YOLOXHead')},
+    ('VFNetHead', 'loss_bbox_refine'): _DECODED_BOXES,
+    ('RepPointsHead', 'loss_bbox_init'):
+        'it computes it on pseudo boxes of its point sets, not on encoded box deltas',
+    ('RepPointsHead', 'loss_bbox_refine'):
+        'it computes it on pseudo boxes of its point sets, not on encoded box deltas',
+    ('RepPointsHead', 'loss_bbox'):
+        'it never calls loss_bbox (its box losses are loss_bbox_init and loss_bbox_refine), so '
+        'a GHM loss there would be silently unused',
+    ('YOLOV3Head', 'loss_xy'):
+        'it is a BCE of the centre offsets in their grid cells, called with weight= per box',
+    ('YOLOV3Head', 'loss_wh'):
+        'it is an MSE of the log sizes, called with weight= per box',
+    ('GFLHead', 'loss_dfl'):
+        'it is the Distribution Focal Loss over the discretized box sides, not a regression of '
+        'box deltas',
+    ('LDHead', 'loss_ld'): 'it is the localization distillation loss between box distributions',
+    ('DDODHead', 'loss_iou'): 'it is a BCE of the predicted IoU, not a box regression',
+    ('SABLRetinaHead', 'loss_bbox_cls'):
+        'it classifies the side buckets (a cross entropy), not a regression',
+    ('GuidedAnchorHead', 'loss_shape'):
+        'it is a bounded-IoU loss of the anchor shapes, not a regression of box deltas',
     ('FreeAnchorRetinaHead', 'loss_cls'):
         'it never calls loss_cls: its positive/negative bag likelihoods on sigmoid scores '
         'replace the classification loss, so a GHM-C there would be silently unused',
@@ -125,7 +159,7 @@ def check_ghm_heads(model):
                     f'loss\'s per-element weights under the head\'s normalization).')
         if not isinstance(head.loss_cls, ghmc):
             continue
-        if getattr(head, 'use_sigmoid_cls', True) is not True:
+        if not getattr(head, 'use_sigmoid_cls', True):  # mmdet's heads take any truthy value
             raise ValueError(
                 f'{path} ({type(head).__name__}) uses GHMC, but its loss_cls config does not say '
                 f'use_sigmoid=True, so the head was built for softmax classification with '
@@ -144,7 +178,7 @@ def check_num_classes(model, classes, dataset_name='dataset'):
         raise ValueError(f'{dataset_name} metainfo classes must be a tuple of names, got the '
                          f'string {classes!r}; write classes=({classes!r},) for one class.')
     for path, head in _heads(model):
-        if path.endswith('rpn_head'):  # class-agnostic by design
+        if path.endswith('.rpn_head') or '.rpn_head.' in path:  # class-agnostic by design
             continue
         if head.num_classes != len(classes):
             raise ValueError(
