@@ -143,13 +143,14 @@ def wide_enough_labels(labels: Tensor, num_classes: int) -> Tensor:
 
 
 def labelled_rows(labels: Tensor, num_classes: int) -> Tensor:
-    """bool (N,): the rows whose label is a class, in [0, C), as mmdet's one-hot reads them."""
+    """bool (N,): the rows whose label is a class, in [0, C), as mmdet's one-hot reads them
+    (labels in a dtype that holds C: :func:`wide_enough_labels`)."""
     return (labels >= 0) & (labels < num_classes)
 
 
 def scatter_to_classes(labels: Tensor, num_classes: int, value, dtype: torch.dtype) -> Tensor:
     """(N, C) of ``dtype``: ``value`` (a float, or one per row) at each labelled row's class, 0
-    elsewhere. A scatter into an extra background column: neither F.one_hot's range check nor
+    elsewhere (labels as for :func:`labelled_rows`). A scatter into an extra background column: neither F.one_hot's range check nor
     an index of the labelled rows (both host syncs on CUDA)."""
     index = torch.where(labelled_rows(labels, num_classes), labels, num_classes).long()
     out = torch.zeros(labels.shape[0], num_classes + 1, dtype=dtype, device=labels.device)

@@ -483,17 +483,59 @@ def test_ghmr_where_it_does_not_apply_is_stopped(name):
             check_ghm_heads(model)
 
 
-def test_ghmc_in_a_two_stage_box_head_is_stopped():
-    """RoI box heads classify with num_classes + 1 softmax outputs whatever use_sigmoid says."""
+@pytest.mark.parametrize('name, attr', [('YOLOv3', 'loss_xy'), ('DDOD', 'loss_iou'),
+                                        ('SABL', 'loss_bbox_cls')])
+def test_ghmc_in_a_sigmoid_bce_that_ghmr_does_not_serve_is_accepted(name, attr):
+    """These losses are sigmoid BCEs (CrossEntropyLoss(use_sigmoid=True)): GHM-C's kind."""
     from mmdet.registry import MODELS
     from mmdet_ghm.engine import check_ghm_heads
     init_default_scope('mmdet')
-    cfg = Config.fromfile(osp.join(MMDET_CONFIGS, 'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'))
-    head_cfg = copy.deepcopy(cfg.model.roi_head.bbox_head)
-    head_cfg.loss_cls = dict(GHMC_CFG, loss_weight=1.0)
+    cfg = _head_cfgs(next(c for c in CASES if c.name == name))[0]
+    cfg[attr] = _loss_cfg('GHMC', cfg.get(attr, {}), None)
+    model = torch.nn.Module()
+    model.bbox_head = MODELS.build(cfg)
+    check_ghm_heads(model)
+
+
+def _roi_box_head(config, loss_cls=None, loss_bbox=None):
+    """A detector-shaped module holding the first RoI box head of an mmdet config."""
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    head_cfg = Config.fromfile(osp.join(MMDET_CONFIGS, config)).model.roi_head.bbox_head
+    head_cfg = copy.deepcopy(head_cfg[0] if isinstance(head_cfg, list) else head_cfg)
+    for attr, loss in (('loss_cls', loss_cls), ('loss_bbox', loss_bbox)):
+        if loss is not None:
+            head_cfg[attr] = dict(loss, loss_weight=1.0)
     model = torch.nn.Module()
     model.roi_head = torch.nn.Module()
     model.roi_head.bbox_head = MODELS.build(head_cfg)
-    with pytest.raises(ValueError, match=r'roi_head\.bbox_head\.loss_cls is GHMC, but GHM-C '
-                                         r'does not apply to Shared2FCBBoxHead \(a BBoxHead\)'):
+    return model
+
+
+def test_ghmc_in_a_softmax_roi_box_head_is_stopped():
+    """RoI box heads classify with num_classes + 1 softmax outputs whatever use_sigmoid says;
+    Sparse R-CNN's DIIHead builds num_classes sigmoid outputs with use_sigmoid=True."""
+    from mmdet_ghm.engine import check_ghm_heads
+    model = _roi_box_head('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', loss_cls=GHMC_CFG)
+    with pytest.raises(ValueError, match=r'roi_head\.bbox_head \(Shared2FCBBoxHead\) uses '
+                                         r'GHMC, but its classifier has num_classes \+ 1 = 81'):
+        check_ghm_heads(model)
+    sparse = 'sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py'
+    check_ghm_heads(_roi_box_head(sparse, loss_cls=GHMC_CFG))
+    with pytest.raises(ValueError, match=r'GHM-R does not apply to DIIHead: .*decoded boxes'):
+        check_ghm_heads(_roi_box_head(sparse, loss_bbox=GHMR_CFG))
+
+
+def test_ghmr_on_decoded_boxes_is_stopped():
+    """reg_decoded_bbox=True hands loss_bbox decoded boxes, in any head."""
+    from mmdet.registry import MODELS
+    from mmdet_ghm.engine import check_ghm_heads
+    init_default_scope('mmdet')
+    cfg = _head_cfgs(CASES[0])[1]  # RetinaNet with GHM-R: served
+    model = torch.nn.Module()
+    model.bbox_head = MODELS.build(cfg)
+    check_ghm_heads(model)
+    model.bbox_head = MODELS.build(dict(cfg, reg_decoded_bbox=True))
+    with pytest.raises(ValueError, match=r'GHM-R does not apply to RetinaHead: .*'
+                                         r'\(reg_decoded_bbox=True\)'):
         check_ghm_heads(model)

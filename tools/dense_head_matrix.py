@@ -34,7 +34,9 @@ batch) with three boxes, then backward.
 elements the head's targets make valid (from the weights the head passes, read by mmdet's
 conventions), out of every element of every level it was given (all the classification
 outputs, where the loss covers them). **stopped** means `GHMCheckHook` (that is,
-`mmdet_ghm.engine.check_ghm_heads`) raises the error shown before the first iteration.
+`mmdet_ghm.engine.check_ghm_heads`) raises the error shown before the first iteration. A `-`
+under GHM-R: the head's box losses are not delta regressions (decoded or pseudo boxes, quality
+or distribution losses), and `GHMCheckHook` stops GHM-R in each of them with the reason.
 
 The last column puts GHM's loss next to the loss it replaces, on the same predictions at mmdet's
 initialization (classification bias prior included). It is one first call: with momentum 0.75

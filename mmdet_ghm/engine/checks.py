@@ -6,11 +6,13 @@
   ``use_sigmoid=True``) trains them as independent sigmoids: it trains, then predicts nonsense.
 * ``num_classes`` of a head that disagrees with the dataset's classes: mmdet trains on it and
   reports per-class metrics for the wrong classes (or an index error, much later).
+* GHMC in a two-stage RoI box head whose classifier has ``num_classes + 1`` softmax outputs
+  whatever ``use_sigmoid`` says: the same nonsense.
 * A GHM loss in a head whose calls it cannot serve (:data:`GHM_DOES_NOT_APPLY`: the head
-  never calls that loss, passes probabilities instead of logits, computes a box loss on decoded
-  or pseudo boxes, classifies with a softmax, or calls the loss for another purpose too), or
-  with ``reduction='mean'`` where the head divides the loss by a count of its own afterwards
-  (:data:`HEAD_NORMALIZES`): it would train silently on something else than GHM.
+  never calls that loss, passes probabilities instead of logits, or calls the loss for another
+  purpose too; :data:`GHMR_DOES_NOT_APPLY`: a box loss on decoded or pseudo boxes, or not a box
+  regression), or with ``reduction='mean'`` where the head divides the loss by a count of its
+  own afterwards (:data:`HEAD_NORMALIZES`): it would train silently on something else than GHM.
 
 :class:`GHMCheckHook` runs the checks once the runner has built the model and the dataloaders of
 the run, before the first iteration. :func:`check_detector` does the same without a runner.
@@ -36,13 +38,11 @@ _DECODED_BOXES = ('it computes this loss on decoded boxes (an IoU-type loss, wei
                   'and GHM-R is Authentic Smooth L1 on encoded box deltas (mu and bins are set '
                   'for those)')
 
-# Why a GHM loss cannot serve a head's loss attribute, by head class name (subclasses included).
-# GHM-R serves the delta regressions of RetinaNet, FoveaBox, GA-RetinaNet and SABL
-# (docs/dense_heads.md); the other box losses of mmdet's dense heads are listed here.
-GHM_DOES_NOT_APPLY = {
-    ('BBoxHead', 'loss_cls'):
-        'its classifier has num_classes + 1 outputs (background included) whatever use_sigmoid '
-        'says, and its predictions take their softmax; GHM-C is a sigmoid BCE for dense heads',
+# Why GHM-R cannot serve a head's loss attribute, by head class name (subclasses included). It
+# serves the delta regressions of RetinaNet, FoveaBox, GA-RetinaNet and SABL
+# (docs/dense_heads.md); these are the other box losses of mmdet's dense heads. Any head's
+# loss_bbox with reg_decoded_bbox=True is refused too (decoded boxes).
+GHMR_DOES_NOT_APPLY = {
     **{(head, 'loss_bbox'): _DECODED_BOXES
        for head in ('ATSSHead', 'FCOSHead', 'YOLOFHead', 'GFLHead', 'DDODHead',
                     'CenterNetUpdateHead', 'FSAFHead', 'YOLOXHead')},
@@ -51,9 +51,6 @@ GHM_DOES_NOT_APPLY = {
         'it computes it on pseudo boxes of its point sets, not on encoded box deltas',
     ('RepPointsHead', 'loss_bbox_refine'):
         'it computes it on pseudo boxes of its point sets, not on encoded box deltas',
-    ('RepPointsHead', 'loss_bbox'):
-        'it never calls loss_bbox (its box losses are loss_bbox_init and loss_bbox_refine), so '
-        'a GHM loss there would be silently unused',
     ('YOLOV3Head', 'loss_xy'):
         'it is a BCE of the centre offsets in their grid cells, called with weight= per box',
     ('YOLOV3Head', 'loss_wh'):
@@ -67,6 +64,13 @@ GHM_DOES_NOT_APPLY = {
         'it classifies the side buckets (a cross entropy), not a regression',
     ('GuidedAnchorHead', 'loss_shape'):
         'it is a bounded-IoU loss of the anchor shapes, not a regression of box deltas',
+}
+
+# Why a GHM loss (GHM-C or GHM-R) cannot serve a head's loss attribute, as above.
+GHM_DOES_NOT_APPLY = {
+    ('RepPointsHead', 'loss_bbox'):
+        'it never calls loss_bbox (its box losses are loss_bbox_init and loss_bbox_refine), so '
+        'a GHM loss there would be silently unused',
     ('FreeAnchorRetinaHead', 'loss_cls'):
         'it never calls loss_cls: its positive/negative bag likelihoods on sigmoid scores '
         'replace the classification loss, so a GHM-C there would be silently unused',
@@ -142,9 +146,15 @@ def check_ghm_heads(model):
     for path, head in _heads(model):
         for attr, loss in _ghm_losses(head):
             name = type(head).__name__
+            is_ghmc = isinstance(loss, ghmc)
             owner, reason = _lookup(GHM_DOES_NOT_APPLY, head, attr)
+            if reason is None and not is_ghmc:
+                owner, reason = _lookup(GHMR_DOES_NOT_APPLY, head, attr)
+                if reason is None and attr == 'loss_bbox' and getattr(head, 'reg_decoded_bbox',
+                                                                      False):
+                    owner, reason = name, _DECODED_BOXES + ' (reg_decoded_bbox=True)'
             if reason is not None:
-                kind = 'GHM-C' if isinstance(loss, ghmc) else 'GHM-R'
+                kind = 'GHM-C' if is_ghmc else 'GHM-R'
                 raise ValueError(
                     f'{path}.{attr} is {type(loss).__name__}, but {kind} does not apply to '
                     f'{name}' + ('' if owner == name else f' (a {owner})') + f': {reason}. '
@@ -168,6 +178,14 @@ def check_ghm_heads(model):
                 f'Add use_sigmoid=True to {path}.loss_cls, e.g. '
                 f"loss_cls=dict(type='GHMC', bins=30, momentum=0.75, use_sigmoid=True, "
                 f'loss_weight=1.0).')
+        outputs = getattr(getattr(head, 'fc_cls', None), 'out_features', None)
+        if outputs == head.num_classes + 1:
+            raise ValueError(
+                f'{path} ({type(head).__name__}) uses GHMC, but its classifier has num_classes + '
+                f'1 = {outputs} outputs (background included) and its predictions take their '
+                "softmax: mmdet's RoI box heads ignore use_sigmoid (Sparse R-CNN's DIIHead "
+                'excepted), and GHM-C trains independent sigmoids. Keep a softmax loss '
+                f"(CrossEntropyLoss) for {path}.loss_cls.")
 
 
 def check_num_classes(model, classes, dataset_name='dataset'):
