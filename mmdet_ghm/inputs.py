@@ -338,3 +338,54 @@ def ghmr_inputs(pred, target, label_weight) -> GHMRInputs:
                     f'it (or be None), got {tuple(label_weight.shape)}')
             label_weight = label_weight.expand(pred.shape)
     return GHMRInputs(pred, target, label_weight, tot)
+
+
+def _check_scalar_tensor(name: str, value, pred: Tensor) -> None:
+    if value is not None and (_check_tensor(name, value, pred).numel() != 1):
+        raise GHMArgumentError(f'{name} must be None or a one-element tensor, got '
+                               f'{_describe(value)}')
+
+
+def check_ghmc_call(pred, labels, target, weight, poison, tot, reduction) -> None:
+    """The contract of :func:`mmdet_ghm.ops.ghmc_loss` (its arguments as :func:`ghmc_inputs`
+    returns them), on shapes and kinds only: no device value is read. GHMArgumentError names
+    the first argument that breaks it."""
+    if not (isinstance(pred, Tensor) and pred.dim() == 2 and torch.is_floating_point(pred)):
+        raise GHMArgumentError(f'pred must be (M, C) floating-point logits, got '
+                               f'{_describe(pred)}')
+    rows, classes = pred.shape
+    if (labels is None) == (target is None):
+        raise GHMArgumentError('labels, target: give exactly one, integer labels (M,) or a '
+                               'float target (M, C)')
+    if labels is not None and (
+            _check_tensor('labels', labels, pred).shape != (rows,)
+            or torch.is_floating_point(labels) or labels.dtype == torch.bool):
+        raise GHMArgumentError(f'labels must be integer labels of shape ({rows},), got '
+                               f'{_describe(labels)}')
+    if target is not None and (_check_tensor('target', target, pred).shape != pred.shape
+                               or not torch.is_floating_point(target)):
+        raise GHMArgumentError(f'target must be a float tensor of shape {tuple(pred.shape)}, '
+                               f'got {_describe(target)}')
+    if weight is not None and _check_tensor('weight', weight, pred).shape not in (
+            (rows,), (rows, classes)):
+        raise GHMArgumentError(f'weight must be None, ({rows},) or {tuple(pred.shape)}, got '
+                               f'{_describe(weight)}')
+    _check_scalar_tensor('poison', poison, pred)
+    _check_scalar_tensor('tot', tot, pred)
+    check_reduction('reduction', reduction)
+
+
+def check_ghmr_call(pred, target, weight, tot, reduction) -> None:
+    """The contract of :func:`mmdet_ghm.ops.ghmr_loss`, as :func:`check_ghmc_call`."""
+    if not (isinstance(pred, Tensor) and torch.is_floating_point(pred)):
+        raise GHMArgumentError(f'pred must be floating-point box regressions, got '
+                               f'{_describe(pred)}')
+    if (_check_tensor('target', target, pred).shape != pred.shape
+            or not torch.is_floating_point(target)):
+        raise GHMArgumentError(f'target must be a float tensor of shape {tuple(pred.shape)}, '
+                               f'got {_describe(target)}')
+    if weight is not None and _check_tensor('weight', weight, pred).shape != pred.shape:
+        raise GHMArgumentError(f'weight must be None or of shape {tuple(pred.shape)}, got '
+                               f'{_describe(weight)}')
+    _check_scalar_tensor('tot', tot, pred)
+    check_reduction('reduction', reduction)

@@ -11,7 +11,6 @@ import math
 import warnings
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 # mmdet registers its own GHMC/GHMR on import; import it first so that ours, registered with
@@ -21,7 +20,7 @@ from mmdet.registry import MODELS
 
 from .density import GradientDensity
 from .inputs import (GHMArgumentError, check_bins, check_flag, check_loss_weight, check_momentum,
-                     check_mu, check_mu_for, check_reduction, ghmc_inputs, ghmr_inputs,
+                     check_mu, check_reduction, ghmc_inputs, ghmr_inputs,
                      labels_message)
 from .ops.function import backend_checks_labels, ghmc_loss, ghmr_loss
 
@@ -199,10 +198,11 @@ class GHMC(_GHMLoss):
         x = ghmc_inputs(pred, target, label_weight, check_labels_now=not deferred,
                         backend_checks_labels=isinstance(pred, Tensor)
                         and backend_checks_labels(pred))
-        loss = ghmc_loss(x.pred, x.labels, x.soft_target, x.label_weight, self.density,
-                         self.loss_weight, reduction, poison=x.poison, tot=x.tot)
-        # on the CPU a NaN loss only comes from poison (non-finite inputs raise in the call)
-        if deferred and x.poison is not None and bool(torch.isnan(loss).any()):
+        loss, skipped = ghmc_loss(x.pred, x.labels, x.soft_target, x.label_weight, self.density,
+                                  self.loss_weight, reduction, poison=x.poison, tot=x.tot,
+                                  return_skip=True)
+        # on the CPU a skipped call only comes from poison (non-finite inputs raise in the call)
+        if deferred and x.poison is not None and bool(skipped):
             raise GHMArgumentError(labels_message(x.pred.shape[1], here=bool(x.poison),
                                                   quality=isinstance(target, tuple)))
         return loss.view(x.shape) if reduction == 'none' else loss
@@ -249,7 +249,6 @@ class GHMR(_GHMLoss):
         """
         reduction = self._reduction(reduction_override)
         x = ghmr_inputs(pred, target, label_weight)
-        mu = check_mu_for(self.mu, x.pred)
         # weights summing to NaN or +inf make mmdet's loss NaN: on the CPU a ValueError;
         # synced, after the all-reduce that every rank joins (each skips the call)
         on_cpu, synced = x.pred.device.type == 'cpu', self.density.synchronizes()
@@ -257,9 +256,9 @@ class GHMR(_GHMLoss):
         bad_here = on_cpu and tot is not None and _nan_or_plus_inf(tot.item())
         if bad_here and not synced:
             raise GHMArgumentError(_weight_sum_message(here=True))
-        loss = ghmr_loss(x.pred, x.target, x.label_weight, self.density, mu, self.loss_weight,
-                         reduction, tot=tot)
-        if on_cpu and synced and bool(torch.isnan(loss).any()):  # only a skipped call, here
+        loss, skipped = ghmr_loss(x.pred, x.target, x.label_weight, self.density, self.mu,
+                                  self.loss_weight, reduction, tot=tot, return_skip=True)
+        if on_cpu and synced and bool(skipped):  # a weight sum, here: NaN inputs raise in the call
             raise GHMArgumentError(_weight_sum_message(here=bad_here))
         return loss
 

@@ -145,3 +145,37 @@ def test_nan_on_one_rank_raises_the_same_error_on_every_rank(tmp_path, loss_name
         assert ('another rank' in result['errors'][0]) == (rank == 0)
         assert result['unchanged'] and torch.isfinite(result['after'])
     assert torch.equal(ranks[0]['acc'], ranks[1]['acc'])
+
+
+def _empty_rank_worker(rank, init_file, sync, out_dir, loss_name):
+    """reduction='none', rank 0 without elements, rank 1 with a bad input that only it can see
+    (a label outside [0, C]; GHM-R weights summing to NaN): rank 0's empty loss has no element
+    to be NaN, yet it must raise too, or it would wait in the next collective alone."""
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
+                            world_size=WORLD)
+    n = 0 if rank == 0 else 4
+    if loss_name == 'GHMC':
+        loss = GHMC(bins=10, momentum=0.75, sync_across_ranks=True, reduction='none')
+        labels = torch.full((n,), 1)
+        labels[:1] = 9  # C = 5
+        call = lambda: loss(torch.randn(n, 5), labels)  # noqa: E731
+    else:
+        loss = GHMR(sync_across_ranks=True, reduction='none')
+        weight = torch.ones(n, 4)
+        weight[:1, 0] = float('nan')
+        call = lambda: loss(torch.randn(n, 4), torch.randn(n, 4), weight)  # noqa: E731
+    errors = []
+    try:
+        call()
+    except ValueError as error:
+        errors.append(str(error))
+    torch.save({'errors': errors}, os.path.join(out_dir, f'{rank}.pt'))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('loss_name', ['GHMC', 'GHMR'])
+def test_a_rank_without_elements_raises_with_the_others(tmp_path, loss_name):
+    ranks = _spawn(tmp_path, True, loss_name, worker=_empty_rank_worker)
+    for rank, result in enumerate(ranks):
+        assert len(result['errors']) == 1, rank
+        assert ('another rank' in result['errors'][0]) == (rank == 0), result['errors'][0]

@@ -988,3 +988,39 @@ def test_a_misspelt_label_weight_is_not_taken_for_all_valid():
     ours = GHMC()(pred, labels, label_weight, unknown=1)
     torch.testing.assert_close(ours, MMDetGHMC()(pred, labels, label_weight, unknown=1))
     assert GHMC()(pred, labels, weight=label_weight, unknown=1) == ours
+
+
+def test_the_functional_losses_check_shapes_and_kinds():
+    """ghmc_loss / ghmr_loss are exported: a target, weight or labels of another shape must
+    not reach the C++ passes, which would read past the end of the tensor."""
+    d = GradientDensity(10, 0.75)
+    pred, labels = torch.randn(6, 8), torch.randint(0, 9, (6,))
+    bad_cls = [
+        (dict(labels=labels[:3]), 'labels must be integer labels of shape'),
+        (dict(labels=labels.float()), 'labels must be integer labels'),
+        (dict(labels=None, target=torch.rand(1, 8)), 'target must be a float tensor'),
+        (dict(labels=None, target=None), 'labels, target: give exactly one'),
+        (dict(weight=torch.ones(2, 8)), r'weight must be None, \(6,\) or \(6, 8\)'),
+        (dict(poison=True), 'poison must be a tensor'),
+        (dict(poison=torch.ones(2, dtype=torch.bool)), 'poison must be None or a one-element'),
+        (dict(tot=3.0), 'tot must be a tensor'),
+        (dict(reduction='avg'), 'reduction must be one of'),
+    ]
+    for change, match in bad_cls:
+        args = dict(labels=labels, target=None, weight=None, poison=None, tot=None,
+                    reduction='mean')
+        args.update(change)
+        with pytest.raises(ValueError, match=match):
+            ghmc_loss(pred, args['labels'], args['target'], args['weight'], d,
+                      reduction=args['reduction'], poison=args['poison'], tot=args['tot'])
+    with pytest.raises(ValueError, match=r'pred must be \(M, C\)'):
+        ghmc_loss(pred.view(-1), labels, None, None, d)
+    reg = torch.randn(6, 4)
+    r = GradientDensity(10, 0.7, 1e3)
+    with pytest.raises(ValueError, match='target must be a float tensor of shape'):
+        ghmr_loss(reg, torch.zeros(1, 4), None, r)
+    with pytest.raises(ValueError, match='weight must be None or of shape'):
+        ghmr_loss(reg, torch.zeros(6, 4), torch.ones(6, 1), r)
+    with pytest.raises(ValueError, match='mu must be'):
+        ghmr_loss(reg, torch.zeros(6, 4), None, r, mu=0.0)
+    assert not d.acc_sum.any() and not r.acc_sum.any()

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from ..binning import Binning
 from ..density import GradientDensity
-from ..inputs import (GHMArgumentError, compute_dtype, mu_squared, scatter_to_classes,
-                      wide_enough_labels)
+from ..inputs import (GHMArgumentError, check_ghmc_call, check_ghmr_call, check_mu_for,
+                      compute_dtype, mu_squared, scatter_to_classes, wide_enough_labels)
 from . import cpu_passes, native_passes
 from .backend import slot_factors
 
@@ -85,7 +85,7 @@ class _Call:
         self.density, self.loss_weight, self.reduction = density, float(loss_weight), reduction
         self.tot, self.poison, self.can_raise = tot, poison, can_raise
         self.non_finite_message = non_finite_message
-        self.backend = self.binning = self.slot_weight = self.divisor = None
+        self.backend = self.binning = self.slot_weight = self.divisor = self.skip = None
 
 
 class GHMFunction(torch.autograd.Function):
@@ -100,7 +100,8 @@ class GHMFunction(torch.autograd.Function):
         call.binning = call.density.binning
         call.backend = backend = call.make_backend(pred.detach(), call.binning)
         weighing = backend.weigh(*backend.histogram(), call)
-        call.slot_weight, call.divisor = weighing.slot_weight, weighing.divisor
+        call.slot_weight, call.divisor, call.skip = (weighing.slot_weight, weighing.divisor,
+                                                     weighing.skip)
         if weighing.loss is not None:
             return weighing.loss
         loss = backend.elementwise_loss(weighing.slot_weight, call.loss_weight)
@@ -192,8 +193,11 @@ def _ghmr_torch_grad(target, weight, mu):
 def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
               weight: Optional[Tensor], density: GradientDensity, loss_weight: float = 1.0,
               reduction: str = 'mean', poison: Optional[Tensor] = None,
-              backend: Optional[str] = None, tot: Optional[Tensor] = None) -> Tensor:
-    """GHM-C loss of validated inputs (see :class:`mmdet_ghm.GHMC` for the checks).
+              backend: Optional[str] = None, tot: Optional[Tensor] = None,
+              return_skip: bool = False):
+    """GHM-C loss of inputs as :class:`mmdet_ghm.GHMC` hands them over (after its checks and
+    normalization). Shapes and kinds are checked here too (no device value is read); values
+    (labels' range, NaN) are the call's.
 
     Args:
         pred: (M, C) logits (C may be 0), any floating dtype (float64 computed in float64,
@@ -207,14 +211,20 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
         poison: optional 0-dim bool; when True the loss is NaN and the state is left untouched.
         backend: None (Triton on CUDA, C++ or PyTorch passes on CPU), 'cpu' or 'triton'.
         tot: optional 0-dim float32 normalizer replacing the number of valid elements.
+        return_skip: also return the call's 0-dim bool skip flag (see Returns).
 
     Returns:
-        loss in float32 (float64 for float64 pred): 0-dim, or (M, C) for ``reduction='none'``.
+        loss in float32 (float64 for float64 pred): 0-dim, or (M, C) for ``reduction='none'``;
+        with ``return_skip``, ``(loss, skip)``: whether the call was rejected (NaN loss, state
+        kept), the same on every rank under ``sync_across_ranks``, also where this rank's loss
+        has no element to be NaN.
 
     Raises:
-        ValueError (CPU backend only; every rank alike under ``sync_across_ranks``): the loss of
-        a valid element is not finite (NaN logits, or an infinite logit on the wrong side).
+        ValueError: an argument of another shape or kind than above (naming it); on the CPU
+        backend (every rank alike under ``sync_across_ranks``), the loss of a valid element
+        that is not finite (NaN logits, or an infinite logit on the wrong side).
     """
+    check_ghmc_call(pred, labels, target, weight, poison, tot, reduction)
     choose_backend, on_device = _backend_chooser(pred.device, backend, 'Classification')
     if labels is not None:  # the backends compare labels with C in the labels' dtype
         labels = wide_enough_labels(labels, pred.shape[-1])
@@ -228,24 +238,32 @@ def ghmc_loss(pred: Tensor, labels: Optional[Tensor], target: Optional[Tensor],
     call = _Call(lambda p, binning: choose_backend(p, binning)(p, labels, target, weight, binning),
                  _ghmc_torch_grad(labels, target, weight), density, loss_weight, reduction, tot,
                  poison, not on_device, message)
-    return _apply(pred, target, call)
+    loss = _apply(pred, target, call)
+    return (loss, call.skip) if return_skip else loss
 
 
 def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: GradientDensity,
               mu: float = 0.02, loss_weight: float = 1.0, reduction: str = 'mean',
-              backend: Optional[str] = None, tot: Optional[Tensor] = None) -> Tensor:
-    """GHM-R loss (Authentic Smooth L1 ``sqrt(d^2 + mu^2) - mu``) of validated inputs.
+              backend: Optional[str] = None, tot: Optional[Tensor] = None,
+              return_skip: bool = False):
+    """GHM-R loss (Authentic Smooth L1 ``sqrt(d^2 + mu^2) - mu``) of inputs as
+    :class:`mmdet_ghm.GHMR` hands them over; shapes, kinds and ``mu`` are checked here too.
 
     Args:
-        pred, target: same shape and any strides (permuted, channels_last), any floating dtype
+        pred, target: same shape and any strides (permuted, channels_last), floating dtypes
             (float64 computed in float64, others in float32).
         weight: None or pred's shape; valid where > 0; tot = sum of weights (mmdet).
+        mu: > 0, with a square the compute dtype holds.
         tot: optional 0-dim float32 ``weight.sum(dtype=torch.float32)`` where the caller has it.
+        return_skip: also return the call's skip flag, as :func:`ghmc_loss` does.
 
     Raises:
-        ValueError (CPU backend only): the loss of a valid element is not finite (NaN or inf in
+        ValueError: an argument of another shape or kind than above, or a bad ``mu`` (naming
+        it); on the CPU backend, the loss of a valid element that is not finite (NaN or inf in
         pred/target, or a difference whose square overflows the compute dtype).
     """
+    check_ghmr_call(pred, target, weight, tot, reduction)
+    mu = check_mu_for(mu, pred)
     choose_backend, on_device = _backend_chooser(pred.device, backend, 'Regression')
     # no weight: tot is the element count, which the backend knows (no host-to-device copy)
     if tot is None and weight is not None:
@@ -269,4 +287,5 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor], density: G
     call = _Call(lambda p, binning: choose_backend(p, binning)(p, target, weight, binning, mu),
                  _ghmr_torch_grad(target, weight, mu), density, loss_weight, reduction, tot,
                  None, not on_device, message)
-    return _apply(pred, target, call)
+    loss = _apply(pred, target, call)
+    return (loss, call.skip) if return_skip else loss
