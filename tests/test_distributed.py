@@ -136,13 +136,19 @@ def _nan_worker(rank, init_file, sync, out_dir, loss_name):
     dist.destroy_process_group()
 
 
+def _assert_one_error_on_every_rank(ranks, text=''):
+    """Rank 1 had the bad input: its error says so, rank 0's names another rank."""
+    for rank, result in enumerate(ranks):
+        assert len(result['errors']) == 1, rank
+        assert text in result['errors'][0]
+        assert ('another rank' in result['errors'][0]) == (rank == 0), result['errors'][0]
+
+
 @pytest.mark.parametrize('loss_name', ['GHMC', 'GHMR'])
 def test_nan_on_one_rank_raises_the_same_error_on_every_rank(tmp_path, loss_name):
     ranks = _spawn(tmp_path, True, loss_name, worker=_nan_worker)
-    for rank, result in enumerate(ranks):
-        assert len(result['errors']) == 1, rank
-        assert 'NaN or inf' in result['errors'][0]
-        assert ('another rank' in result['errors'][0]) == (rank == 0)
+    _assert_one_error_on_every_rank(ranks, 'NaN or inf')
+    for result in ranks:
         assert result['unchanged'] and torch.isfinite(result['after'])
     assert torch.equal(ranks[0]['acc'], ranks[1]['acc'])
 
@@ -175,7 +181,4 @@ def _empty_rank_worker(rank, init_file, sync, out_dir, loss_name):
 
 @pytest.mark.parametrize('loss_name', ['GHMC', 'GHMR'])
 def test_a_rank_without_elements_raises_with_the_others(tmp_path, loss_name):
-    ranks = _spawn(tmp_path, True, loss_name, worker=_empty_rank_worker)
-    for rank, result in enumerate(ranks):
-        assert len(result['errors']) == 1, rank
-        assert ('another rank' in result['errors'][0]) == (rank == 0), result['errors'][0]
+    _assert_one_error_on_every_rank(_spawn(tmp_path, True, loss_name, worker=_empty_rank_worker))
