@@ -150,8 +150,9 @@ def labelled_rows(labels: Tensor, num_classes: int) -> Tensor:
 
 def scatter_to_classes(labels: Tensor, num_classes: int, value, dtype: torch.dtype) -> Tensor:
     """(N, C) of ``dtype``: ``value`` (a float, or one per row) at each labelled row's class, 0
-    elsewhere (labels as for :func:`labelled_rows`). A scatter into an extra background column: neither F.one_hot's range check nor
-    an index of the labelled rows (both host syncs on CUDA)."""
+    elsewhere (labels as for :func:`labelled_rows`). A scatter into an extra background column:
+    neither F.one_hot's range check nor an index of the labelled rows (both host syncs on
+    CUDA)."""
     index = torch.where(labelled_rows(labels, num_classes), labels, num_classes).long()
     out = torch.zeros(labels.shape[0], num_classes + 1, dtype=dtype, device=labels.device)
     src = value[:, None].to(dtype) if isinstance(value, Tensor) else value
@@ -346,6 +347,13 @@ def _check_scalar_tensor(name: str, value, pred: Tensor) -> None:
                                f'{_describe(value)}')
 
 
+def _check_float_target(target, pred: Tensor) -> None:
+    if (_check_tensor('target', target, pred).shape != pred.shape
+            or not torch.is_floating_point(target)):
+        raise GHMArgumentError(f'target must be a float tensor of shape {tuple(pred.shape)}, '
+                               f'got {_describe(target)}')
+
+
 def check_ghmc_call(pred, labels, target, weight, poison, tot, reduction) -> None:
     """The contract of :func:`mmdet_ghm.ops.ghmc_loss` (its arguments as :func:`ghmc_inputs`
     returns them), on shapes and kinds only: no device value is read. GHMArgumentError names
@@ -362,10 +370,8 @@ def check_ghmc_call(pred, labels, target, weight, poison, tot, reduction) -> Non
             or torch.is_floating_point(labels) or labels.dtype == torch.bool):
         raise GHMArgumentError(f'labels must be integer labels of shape ({rows},), got '
                                f'{_describe(labels)}')
-    if target is not None and (_check_tensor('target', target, pred).shape != pred.shape
-                               or not torch.is_floating_point(target)):
-        raise GHMArgumentError(f'target must be a float tensor of shape {tuple(pred.shape)}, '
-                               f'got {_describe(target)}')
+    if target is not None:
+        _check_float_target(target, pred)
     if weight is not None and _check_tensor('weight', weight, pred).shape not in (
             (rows,), (rows, classes)):
         raise GHMArgumentError(f'weight must be None, ({rows},) or {tuple(pred.shape)}, got '
@@ -380,10 +386,7 @@ def check_ghmr_call(pred, target, weight, tot, reduction) -> None:
     if not (isinstance(pred, Tensor) and torch.is_floating_point(pred)):
         raise GHMArgumentError(f'pred must be floating-point box regressions, got '
                                f'{_describe(pred)}')
-    if (_check_tensor('target', target, pred).shape != pred.shape
-            or not torch.is_floating_point(target)):
-        raise GHMArgumentError(f'target must be a float tensor of shape {tuple(pred.shape)}, '
-                               f'got {_describe(target)}')
+    _check_float_target(target, pred)
     if weight is not None and _check_tensor('weight', weight, pred).shape != pred.shape:
         raise GHMArgumentError(f'weight must be None or of shape {tuple(pred.shape)}, got '
                                f'{_describe(weight)}')
